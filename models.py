@@ -1,0 +1,205 @@
+"""The one shared base model: presets, loading (optionally 4-bit), the two LoRA adapters, prompt
+encoding, and the policy-gradient update both roles use.
+
+Teacher and student are two LoRA adapters ("teacher", "student") on ONE frozen base model. The
+KL reference is the base with adapters disabled. Adapter weights move in and out as plain state
+dicts (`adapter_state` / `load_adapter_state`): that is how the baseline student is kept, how a
+student copy starts from it, and how a promotion makes a copy the new baseline.
+"""
+import math
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+PRESETS = {
+    "tiny": "built-in",  # data/tiny_model.py builds it on first use
+    "small": "Qwen/Qwen2.5-1.5B-Instruct",
+    "paper": "meta-llama/Llama-3.2-3B-Instruct",
+}
+ROLES = ("teacher", "student")
+
+
+class ModelUnavailable(RuntimeError):
+    pass
+
+
+def resolve_model(name: str) -> str:
+    """A preset, a local directory or a hub id -> something `from_pretrained` can load offline-safely."""
+    if name == "tiny":
+        from data.tiny_model import tiny_model_path
+        return str(tiny_model_path())
+    model_id = PRESETS.get(name, name)
+    if Path(model_id).is_dir():
+        return model_id
+    if "/" not in model_id or Path(model_id).exists() or model_id.startswith((".", "/")):
+        raise ModelUnavailable(
+            f"--model {name!r}: not a preset ({', '.join(PRESETS)}), not a local model directory "
+            "and not a hub id (owner/name)")
+    _check_hub_reachable(model_id)
+    return model_id
+
+
+def _check_hub_reachable(model_id: str) -> None:
+    # transformers retries an unreachable hub for ~30 s before failing; a cached model needs no
+    # network, and otherwise one short probe tells us at once.
+    from huggingface_hub import model_info, try_to_load_from_cache
+    if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return
+    try:
+        model_info(model_id, timeout=5)
+    except Exception as e:  # noqa: BLE001  (any failure here means we cannot download)
+        raise ModelUnavailable(
+            f"--model {model_id}: not in the local Hugging Face cache and the hub is unreachable "
+            f"({type(e).__name__}). On a machine with internet run `hf download {model_id}`, or "
+            "pass --model /path/to/a/local/model (any Hugging Face format directory).") from None
+
+
+def load_model(name: str, quant: str = "none", lora_rank: int = 16, lora_alpha: int = 32,
+               device: str | None = None):
+    """Load the base once, add the teacher and student LoRA adapters; returns (model, tokenizer)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    path = resolve_model(name)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    quant_config = {
+        "none": None,
+        "8bit": BitsAndBytesConfig(load_in_8bit=True),
+        "4bit": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                   bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True),
+    }[quant]
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quant_config,
+                                                device_map=device)
+    base.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    lora = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+    model = get_peft_model(base, lora, adapter_name="student")
+    model.add_adapter("teacher", lora)
+    # LoRA's B starts at zero, so both roles start as exactly the base model.
+    return model, tokenizer
+
+
+def eos_ids(tokenizer, model) -> list[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config else None
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    return sorted({*ids, tokenizer.eos_token_id} - {None})
+
+
+def plain_frame(user_text: str) -> str:
+    return f"User: {user_text}\nAssistant:"
+
+
+def encode_prompt(tokenizer, user_text: str, chat_template: bool) -> list[int]:
+    """Token ids of one prompt, special tokens included exactly once.
+
+    With `chat_template` the user text goes through the tokenizer's chat template; otherwise it
+    is wrapped in the paper's plain "User: ... Assistant:" frame (the tiny model's format).
+    """
+    if chat_template:
+        return list(tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=True,
+            return_dict=False))
+    return tokenizer(plain_frame(user_text), add_special_tokens=True)["input_ids"]
+
+
+# ---- adapters as state dicts -------------------------------------------------------------------
+
+def adapter_params(model, role: str) -> dict[str, torch.nn.Parameter]:
+    """The LoRA parameters of one role, selected by adapter name.
+
+    PEFT's `set_adapter` flips `requires_grad` on the other adapters, so `requires_grad` cannot
+    tell the roles apart; the adapter name in the parameter name can.
+    """
+    return {n: p for n, p in model.named_parameters() if "lora_" in n and f".{role}." in n}
+
+
+def adapter_state(model, role: str) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu", copy=True) for n, p in adapter_params(model, role).items()}
+
+
+@torch.no_grad()
+def load_adapter_state(model, role: str, state: dict[str, torch.Tensor]) -> None:
+    params = adapter_params(model, role)
+    if params.keys() != state.keys():
+        raise ValueError(f"adapter state for {role!r} does not match the model's LoRA layout")
+    for n, p in params.items():
+        p.copy_(state[n])
+
+
+def activate(model, role: str) -> None:
+    model.set_adapter(role)  # also makes exactly this role's LoRA trainable
+
+
+def save_adapter(model, role: str, state: dict[str, torch.Tensor], out_dir: Path) -> None:
+    """Write `state` as a PEFT adapter directory (loadable with PeftModel.from_pretrained)."""
+    live = adapter_state(model, role)
+    load_adapter_state(model, role, state)
+    model.save_pretrained(str(out_dir), selected_adapters=[role])
+    load_adapter_state(model, role, live)
+
+
+# ---- the policy-gradient update shared by teacher and student -----------------------------------
+
+def make_optimizer(model, role: str, lr: float, total_steps: int, warmup_steps: int = 0):
+    """AdamW over one role's LoRA, with linear warm-up then cosine decay to zero."""
+    params = list(adapter_params(model, role).values())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def policy_gradient_step(model, role: str, optimizer, scheduler, prompt_ids, completion_ids,
+                         advantages: torch.Tensor, *, kl_coef: float, pad_token_id: int,
+                         micro_batch: int, max_new_tokens: int, max_grad_norm: float = 1.0) -> dict:
+    """One RLOO update: loss = -A * sum_t log pi(y_t) + kl_coef * sum_t KL_t, averaged over rows.
+
+    Sums are divided by max_new_tokens (a constant), not by each row's length, so long and short
+    answers weigh what their tokens weigh. KL_t is the k3 estimator against the base model
+    (adapters disabled). A non-finite loss skips the update and is reported, never applied.
+    """
+    from sampler import completion_logprobs
+    activate(model, role)
+    params = list(adapter_params(model, role).values())
+    device = next(p.device for p in params)
+    optimizer.zero_grad(set_to_none=True)
+    rows, total_loss, total_kl = len(completion_ids), 0.0, 0.0
+    for start in range(0, rows, micro_batch):
+        sl = slice(start, start + micro_batch)
+        with torch.no_grad(), model.disable_adapter():
+            ref_logp, _ = completion_logprobs(model, prompt_ids[sl], completion_ids[sl], pad_token_id)
+        logp, mask = completion_logprobs(model, prompt_ids[sl], completion_ids[sl], pad_token_id)
+        delta = (ref_logp.to(device) - logp).clamp(-20, 20)
+        kl = (torch.exp(delta) - delta - 1) * mask
+        adv = advantages[sl].to(device).unsqueeze(1)
+        per_row = (-adv * logp * mask + kl_coef * kl).sum(1) / max_new_tokens
+        loss = per_row.sum() / rows
+        if not torch.isfinite(loss):
+            optimizer.zero_grad(set_to_none=True)
+            warnings.warn(f"non-finite {role} loss; update skipped")
+            return {"loss": float("nan"), "kl": float("nan"), "skipped": 1}
+        loss.backward()
+        total_loss += loss.item()
+        total_kl += (kl.sum(1) / mask.sum(1).clamp(min=1)).sum().item() / rows
+    grads_finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
+    if not grads_finite:
+        optimizer.zero_grad(set_to_none=True)
+        warnings.warn(f"non-finite {role} gradient; update skipped")
+        return {"loss": total_loss, "kl": total_kl, "skipped": 1}
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    return {"loss": total_loss, "kl": total_kl, "skipped": 0}
