@@ -1,0 +1,217 @@
+"""Pins the sampler: greedy equals `generate`, sampled log-probs equal the training forward's,
+grouping, EOS, seeding and length limits, on tiny random Llama and Qwen2 models and under LoRA."""
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
+                          Qwen2Config, Qwen2ForCausalLM)
+
+import sampler
+
+CORPUS = ["What is 2 + 3? The answer is \\boxed{5}.", "Solve x + 4 = 9 step by step.",
+          "User: compute 12 * 7\nAssistant: 12 * 7 = 84, so \\boxed{84}.",
+          "The sum of the angles of a triangle is 180 degrees."] * 20
+PROMPTS = ["User: What is 2 + 3?\nAssistant:", "User: Solve x + 4 = 9 step by step, then put the answer "
+           "in a box.\nAssistant:", "User: 7\nAssistant:", "Solve"]
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+def save_and_load(model, tokenizer, path):
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def llama(tokenizer, tmp_path_factory):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    return save_and_load(LlamaForCausalLM(config), tokenizer, tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="module")
+def qwen2(tokenizer, tmp_path_factory):
+    torch.manual_seed(1)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return save_and_load(Qwen2ForCausalLM(config), tokenizer, tmp_path_factory.mktemp("qwen2"))
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer):
+    return [tokenizer(p, add_special_tokens=True)["input_ids"] for p in PROMPTS]
+
+
+def generate_greedy(model, prompts, tokenizer, max_new_tokens, eos_ids):
+    """Reference: `model.generate` on the same left-padded batch, cut after the first EOS."""
+    ids, mask = sampler.left_pad(prompts, tokenizer.pad_token_id, "cpu")
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                         eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id)[:, ids.shape[1]:]
+    rows = []
+    for row in out.tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
+        rows.append(row[:cut])
+    return rows
+
+
+def greedy(model, prompts, tokenizer, max_new_tokens, eos_ids, **kw):
+    return sampler.sample(model, prompts, max_new_tokens=max_new_tokens, temperature=0, eos_token_ids=eos_ids,
+                          pad_token_id=tokenizer.pad_token_id, **kw)
+
+
+def mid_sequence_token(rollouts):
+    """A token greedy decoding emits mid-way through some row: used as EOS so rows stop at different steps."""
+    return rollouts.completion_ids[0][len(rollouts.completion_ids[0]) // 2]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_greedy_equals_generate_on_ragged_prompts(arch, request, tokenizer, prompts):
+    model = request.getfixturevalue(arch)
+    eos = [tokenizer.eos_token_id]
+    first = greedy(model, prompts, tokenizer, 16, eos)
+    assert first.completion_ids == generate_greedy(model, prompts, tokenizer, 16, eos)
+    # Now with an EOS that rows hit at different steps, so rows leave the batch early.
+    eos = [mid_sequence_token(first)]
+    early = greedy(model, prompts, tokenizer, 16, eos)
+    assert any(early.finished) and min(map(len, early.completion_ids)) < 16
+    assert early.completion_ids == generate_greedy(model, prompts, tokenizer, 16, eos)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_sampled_logprobs_equal_completion_logprobs(arch, request, tokenizer, prompts):
+    model = request.getfixturevalue(arch)
+    r = sampler.sample(model, prompts, n=3, max_new_tokens=12, temperature=1.0,
+                       eos_token_ids=list(range(20, 60)), pad_token_id=tokenizer.pad_token_id,
+                       generator=torch.Generator().manual_seed(0))
+    assert len({len(c) for c in r.completion_ids}) > 1, "lengths should vary in this test"
+    logp, mask = sampler.completion_logprobs(model, r.prompt_ids, r.completion_ids, tokenizer.pad_token_id)
+    assert mask.sum(-1).tolist() == [len(c) for c in r.completion_ids]
+    for row, lp in enumerate(r.logprobs):
+        assert lp.dtype == torch.float32
+        torch.testing.assert_close(logp[row, :len(lp)], lp, atol=1e-4, rtol=0)
+
+
+def test_rows_are_grouped_by_prompt_and_share_its_prefill(llama, tokenizer, prompts):
+    n = 4
+    # batch_size 5 splits groups across chunks: grouping and cache copies must survive that.
+    r = greedy(llama, prompts, tokenizer, 10, [tokenizer.eos_token_id], n=n, batch_size=5)
+    single = greedy(llama, prompts, tokenizer, 10, [tokenizer.eos_token_id])
+    assert len(r.completion_ids) == n * len(prompts)
+    for i, p in enumerate(prompts):
+        for j in range(n):
+            assert r.prompt_ids[i * n + j] == p
+            assert r.completion_ids[i * n + j] == single.completion_ids[i]
+
+
+def test_sampled_groups_follow_their_prompt(llama, tokenizer, prompts):
+    n = 3
+    r = sampler.sample(llama, prompts, n=n, max_new_tokens=8, eos_token_ids=[tokenizer.eos_token_id],
+                       pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(3))
+    for row in range(len(r.completion_ids)):
+        assert r.prompt_ids[row] == prompts[row // n]
+    logp, _ = sampler.completion_logprobs(llama, r.prompt_ids, r.completion_ids, tokenizer.pad_token_id)
+    torch.testing.assert_close(logp[:, :8], torch.stack(r.logprobs), atol=1e-4, rtol=0)
+
+
+def test_eos_stops_a_row_and_nothing_follows_it(llama, tokenizer, prompts):
+    eos = list(range(4, len(tokenizer), 3))  # a third of the vocabulary: rows stop early and at varied steps
+    r = sampler.sample(llama, prompts, n=4, max_new_tokens=20, eos_token_ids=eos,
+                       pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(1))
+    assert len({len(c) for c in r.completion_ids}) > 2
+    for c, lp, done in zip(r.completion_ids, r.logprobs, r.finished):
+        assert len(lp) == len(c)
+        assert not any(t in eos for t in c[:-1])
+        assert done == (c[-1] in eos)
+        assert done or len(c) == 20
+
+
+def test_same_generator_seed_gives_identical_rollouts(llama, tokenizer, prompts):
+    def run(seed):
+        return sampler.sample(llama, prompts, n=2, max_new_tokens=10, eos_token_ids=[tokenizer.eos_token_id],
+                              pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(seed))
+    a, b, c = run(7), run(7), run(8)
+    assert a.completion_ids == b.completion_ids and a.finished == b.finished
+    assert all(torch.equal(x, y) for x, y in zip(a.logprobs, b.logprobs))
+    assert a.completion_ids != c.completion_ids
+
+
+def test_max_new_tokens_is_respected(llama, tokenizer, prompts):
+    r = sampler.sample(llama, prompts, n=2, max_new_tokens=5, eos_token_ids=[tokenizer.eos_token_id],
+                       pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0))
+    for c, done in zip(r.completion_ids, r.finished):
+        assert len(c) <= 5
+        assert done or len(c) == 5
+
+
+def test_draw_follows_the_tempered_softmax():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]]).repeat(40000, 1)
+    gen = torch.Generator().manual_seed(0)
+    for temperature in (1.0, 0.5):
+        counts = torch.bincount(sampler.draw(logits, temperature, gen), minlength=5).float() / len(logits)
+        torch.testing.assert_close(counts, torch.softmax(logits[0] / temperature, -1), atol=0.01, rtol=0)
+    assert sampler.draw(logits[:2], 0.0, gen).tolist() == [0, 0]
+
+
+def test_peft_adapters_and_disabled_adapter(llama, tokenizer, prompts):
+    lora = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(copy.deepcopy(llama), LoraConfig(**lora), adapter_name="teacher")
+    model.add_adapter("student", LoraConfig(**lora))
+    eos = [tokenizer.eos_token_id]
+    outputs = {}
+    for name in ("teacher", "student"):
+        model.set_adapter(name)
+        outputs[name] = greedy(model, prompts, tokenizer, 12, eos).completion_ids
+        assert outputs[name] == generate_greedy(model, prompts, tokenizer, 12, eos)
+        r = sampler.sample(model, prompts, n=2, max_new_tokens=8, eos_token_ids=eos,
+                           pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0))
+        logp, _ = sampler.completion_logprobs(model, r.prompt_ids, r.completion_ids, tokenizer.pad_token_id)
+        torch.testing.assert_close(logp[:, :8], torch.stack(r.logprobs), atol=1e-4, rtol=0)
+    with model.disable_adapter():
+        outputs["base"] = greedy(model, prompts, tokenizer, 12, eos).completion_ids
+    assert outputs["teacher"] != outputs["student"]
+    assert outputs["base"] == greedy(llama, prompts, tokenizer, 12, eos).completion_ids
+
+
+def test_completion_logprobs_carries_grad_for_training(llama, tokenizer, prompts):
+    completions = [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14]]
+    logp, mask = sampler.completion_logprobs(llama, prompts, completions, tokenizer.pad_token_id)
+    assert logp.shape == mask.shape == (4, 4) and logp.requires_grad
+    (logp * mask).sum().backward()
+    assert llama.lm_head.weight.grad is not None
+    llama.zero_grad(set_to_none=True)
+
+
+def test_decode_skips_special_tokens(tokenizer):
+    ids = tokenizer("\\boxed{5}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert sampler.decode(tokenizer, [ids]) == ["\\boxed{5}"]
+
+
+def test_bad_arguments_say_what_is_wrong(llama, tokenizer, prompts):
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        sampler.sample(llama, prompts, max_new_tokens=0, eos_token_ids=[2], pad_token_id=0)
+    with pytest.raises(ValueError, match="eos_token_ids"):
+        sampler.sample(llama, prompts, max_new_tokens=4, eos_token_ids=[], pad_token_id=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        sampler.sample(llama, [[]], max_new_tokens=4, eos_token_ids=[2], pad_token_id=0)
