@@ -1,0 +1,323 @@
+"""The run report: reads a run directory (config.json, summary.json, seed*/*/metrics.jsonl,
+promoted_questions.jsonl) and writes PNG plots and report.md into it.
+
+    python report.py RUN_DIR
+
+Every plot is skipped, with a note in report.md, when its data is absent (an unfinished run, a run
+without Intrinsic-T or Hard-Only), so a report can be made at any point of a run.
+"""
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+KS = ("1", "4", "8", "16", "32")
+METHOD_ORDER = ("base", "hard_only", "soar", "soar_ps", "soar_pq", "intrinsic_t", "base_t")
+LABELS = {"base": "Base", "hard_only": "Hard-Only", "soar_ps": "SOAR-PS", "soar_pq": "SOAR-PQ",
+          "intrinsic_t": "Intrinsic-T", "base_t": "Base-T", "soar": "SOAR"}
+COLORS = {"base": "0.45", "hard_only": "tab:red", "soar_ps": "tab:green", "soar_pq": "tab:blue",
+          "intrinsic_t": "tab:orange", "base_t": "tab:purple", "soar": "tab:blue"}
+SAMPLES_PER_SEED = 5
+STYLE = {"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 9, "figure.dpi": 110}
+
+
+def label(method):
+    return LABELS.get(method, method)
+
+
+def ordered(methods):
+    return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
+
+
+def read_json(path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: malformed JSON: {e}") from None
+
+
+def read_jsonl(path):
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: malformed JSON line: {e}") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def load_metrics(run_dir):
+    """{method: {seed: rows sorted by step}} from RUN_DIR/seed{S}/{method}/metrics.jsonl."""
+    runs = {}
+    for path in sorted(run_dir.glob("seed*/*/metrics.jsonl")):
+        seed = path.parent.parent.name.removeprefix("seed")
+        if not seed.isdigit():
+            continue  # not a seed{S} folder of this run
+        seed = int(seed)
+        rows = sorted(read_jsonl(path), key=lambda r: r.get("step", 0))
+        runs.setdefault(path.parent.name, {})[seed] = rows
+    return runs
+
+
+def series(rows, key, sub=None):
+    """(steps, values) of the rows that logged `key` (or key[sub])."""
+    pairs = [(r["step"], r[key] if sub is None else r[key].get(sub)) for r in rows
+             if r.get(key) is not None and "step" in r]
+    pairs = [(s, v) for s, v in pairs if v is not None]
+    return [s for s, _ in pairs], [v for _, v in pairs]
+
+
+def plot_seeds_and_mean(ax, per_seed, color, name):
+    """Each seed faint, their mean per step bold: many noisy seeds stay readable."""
+    by_step = {}
+    for steps, values in per_seed:
+        ax.plot(steps, values, color=color, alpha=0.3, lw=1)
+        for step, value in zip(steps, values):
+            by_step.setdefault(step, []).append(value)
+    steps = sorted(by_step)
+    ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], color=color, lw=2.2,
+            marker=".", label=f"{name} (mean of {len(per_seed)} seeds; faint: each seed)"
+            if len(per_seed) > 1 else name)
+
+
+def step_axis(ax, xlabel):
+    ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 0.5 on short runs
+
+
+def teacher_methods(runs):
+    return ordered(m for m, seeds in runs.items()
+                   if any("mean_reward" in r for rows in seeds.values() for r in rows))
+
+
+def plot_teacher_reward(runs, config):
+    methods = teacher_methods(runs)
+    if not methods:
+        return None
+    fig, axes = plt.subplots(1, len(methods), figsize=(6.5 * len(methods), 5), squeeze=False,
+                             layout="constrained")
+    seeds = sorted({seed for m in methods for seed in runs[m]})
+    handles = [Line2D([], [], color=f"C{i % 10}", lw=2.2, label=f"seed {s}")
+               for i, s in enumerate(seeds)]
+    handles += [Line2D([], [], color="0.3", alpha=0.4, marker=".", label="reward per step"),
+                Line2D([], [], color="0.3", lw=2.2, label="moving average")]
+    any_promotion = False
+    for ax, method in zip(axes[0], methods):
+        for seed, rows in runs[method].items():
+            color = f"C{seeds.index(seed) % 10}"
+            ax.plot(*series(rows, "mean_reward"), color=color, alpha=0.35, lw=1, marker=".")
+            ax.plot(*series(rows, "moving_avg"), color=color, lw=2.2)
+            promoted = [r for r in rows if r.get("promoted") and r.get("moving_avg") is not None]
+            ax.scatter([r["step"] for r in promoted], [r["moving_avg"] for r in promoted],
+                       marker="*", s=180, color=color, edgecolor="black", zorder=3)
+            any_promotion |= bool(promoted)
+        # tau thresholds SOAR's improvement reward; Intrinsic-T's learnability has another scale
+        if "tau" in config and method == "soar":
+            ax.axhline(0, color="0.7", lw=0.8)
+            ax.axhline(config["tau"], color="black", ls="--", lw=1.2)
+        ax.set(title=f"{label(method)} teacher reward", ylabel="reward")
+        step_axis(ax, "outer step")
+    if any_promotion:
+        handles.append(Line2D([], [], color="0.3", marker="*", ls="", ms=12, mec="black",
+                              label="promotion"))
+    if "tau" in config and "soar" in methods:
+        handles.append(Line2D([], [], color="black", ls="--", label=f"tau = {config['tau']}"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles))
+    return fig
+
+
+def plot_hard_train_acc(runs):
+    soar = runs.get("soar", {})
+    students = ordered(m for m, seeds in runs.items()
+                       if any("hard_train_acc" in r for rows in seeds.values() for r in rows))
+    if not any(series(rows, "baseline_acc")[0] for rows in soar.values()) and not students:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True, layout="constrained")
+    for i, (seed, rows) in enumerate(sorted(soar.items())):
+        # dashes keep seeds with equal accuracies (common on small Q_R) visible on top of each other
+        left.plot(*series(rows, "baseline_acc"), color=f"C{i % 10}", marker=".",
+                  ls=("-", "--", ":", "-.")[i % 4], label=f"seed {seed}")
+    left.set(title="SOAR baseline student", ylabel="hard-train accuracy")
+    step_axis(left, "outer step")
+    for method in students:
+        plot_seeds_and_mean(right, [series(rows, "hard_train_acc") for rows in
+                                    runs[method].values()], COLORS.get(method), label(method))
+    right.set_title("Student-only runs")
+    step_axis(right, "student RL step")
+    for ax in (left, right):
+        if ax.lines:
+            ax.axhline(0, color="0.8", lw=0.8)  # accuracies read against zero
+            ax.legend(loc="best")
+        else:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "no data yet", ha="center", transform=ax.transAxes, color="0.5")
+    return fig
+
+
+def plot_per_method(runs, panels, title):
+    """One panel per (key, sub, ylabel); teacher methods overlaid."""
+    methods = teacher_methods(runs)
+    if not any(series(rows, key, sub)[0] for m in methods for rows in runs[m].values()
+               for key, sub, _ in panels):
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False,
+                             layout="constrained")
+    for ax, (key, sub, ylabel) in zip(axes[0], panels):
+        for method in methods:
+            plot_seeds_and_mean(ax, [series(rows, key, sub) for rows in runs[method].values()],
+                                COLORS.get(method), label(method))
+        ax.set(title=f"{title}: {ylabel}" if len(panels) > 1 else title, ylabel=ylabel)
+        step_axis(ax, "outer step")
+        ax.legend(loc="best")
+    return fig
+
+
+def plot_pass_at_k(summary):
+    table = (summary or {}).get("pass_at_k") or {}
+    if not table:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+    methods = ordered(table)
+    for i, method in enumerate(methods):
+        ks = [k for k in KS if k in table[method]]
+        dodge = 2 ** (0.06 * (i - (len(methods) - 1) / 2))  # keep error bars apart on a log axis
+        ax.errorbar([int(k) * dodge for k in ks], [100 * table[method][k]["mean"] for k in ks],
+                    yerr=[100 * (table[method][k].get("sd") or 0) for k in ks], capsize=3,
+                    marker="o", color=COLORS.get(method), label=label(method))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([int(k) for k in KS], KS)
+    ax.set_ylim(bottom=0)
+    ax.set(title="Hard-test pass@k (mean ± sd over seeds)", xlabel="k", ylabel="pass@k (%)")
+    ax.legend(loc="upper left")
+    return fig
+
+
+def fmt(value):
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (dict, list)):
+        return "`" + json.dumps(value) + "`"
+    return str(value)
+
+
+def md_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+
+
+def pass_at_k_md(table):
+    rows = []
+    for method in ordered(table):
+        cells = [table[method].get(k) for k in KS]
+        n_seeds = next((c["n_seeds"] for c in cells if c and "n_seeds" in c), "?")
+        rows.append([label(method)] + [f"{100 * c['mean']:.1f} ± {100 * (c.get('sd') or 0):.1f}"
+                                       if c else "–" for c in cells] + [n_seeds])
+    return md_table(["method"] + [f"@{k}" for k in KS] + ["n_seeds"], rows)
+
+
+def generic_md(analysis):
+    """A dict of dicts becomes rows x columns; anything else a key / value table."""
+    if analysis and all(isinstance(v, dict) for v in analysis.values()):
+        columns = list(dict.fromkeys(c for v in analysis.values() for c in v))
+        return md_table([""] + columns, [[label(k)] + [v.get(c, "–") for c in columns]
+                                         for k, v in analysis.items()])
+    return md_table(["key", "value"], [[k, v] for k, v in analysis.items()])
+
+
+def progress_md(runs):
+    rows = [[label(m), seed, len(rows), rows[-1].get("step", "?") if rows else "–",
+             rows[-1].get("n_promotions", "–") if rows else "–"]
+            for m in ordered(runs) for seed, rows in sorted(runs[m].items())]
+    return md_table(["method", "seed", "lines", "last step", "promotions"], rows)
+
+
+def promoted_md(run_dir):
+    lines = []
+    for path in sorted(run_dir.glob("seed*/soar/promoted_questions.jsonl")):
+        rows = read_jsonl(path)
+        spread = rows[:: max(1, len(rows) // SAMPLES_PER_SEED)][:SAMPLES_PER_SEED]
+        lines += ["", f"**{path.parent.parent.name}** ({len(rows)} promoted questions)", ""]
+        for row in spread:
+            question = " ".join(str(row.get("problem", row.get("question", "?"))).split())
+            step = f"step {row['step']}: " if "step" in row else ""
+            lines.append(f"- {step}{question[:400]}  → answer `{row.get('answer', '?')}`")
+    return lines or ["No promoted questions yet."]
+
+
+def plots(runs, config, summary):
+    """(file name, title, what it needs, thunk returning a figure or None when that is absent)."""
+    return [
+        ("teacher_reward.png", "Teacher reward", "teacher metrics",
+         lambda: plot_teacher_reward(runs, config)),
+        ("hard_train_acc.png", "Hard-train accuracy", "baseline_acc or hard_train_acc metrics",
+         lambda: plot_hard_train_acc(runs)),
+        ("valid_rate.png", "Teacher valid rate", "valid_rate metrics", lambda: plot_per_method(
+            runs, [("valid_rate", None, "valid share of teacher samples")], "Teacher valid rate")),
+        ("diversity.png", "Question diversity", "diversity metrics", lambda: plot_per_method(
+            runs, [("diversity", "distinct", "distinct-question share"),
+                   ("diversity", "ngram_entropy", "n-gram entropy (nats)")], "Diversity")),
+        ("quality.png", "Question quality (exact checker)", "quality metrics (tiny world only)",
+         lambda: plot_per_method(runs, [("quality", "well_posed", "well-posed share"),
+                                        ("quality", "correct", "correct-answer share")],
+                                 "Quality")),
+        ("pass_at_k.png", "Hard-test pass@k", "pass_at_k in summary.json",
+         lambda: plot_pass_at_k(summary)),
+    ]
+
+
+def write_report(run_dir: Path) -> list[Path]:
+    """Write the plots and report.md into run_dir; return the paths written."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir}/config.json not found: not a run directory")
+    config = read_json(run_dir / "config.json")
+    summary_path = run_dir / "summary.json"
+    summary = read_json(summary_path) if summary_path.is_file() else None
+    runs = load_metrics(run_dir)
+    md = [f"# SOAR run report: `{run_dir.name}`", ""]
+    if summary is None:
+        md += ["**Unfinished run**: no summary.json yet, so no pass@k table or question analysis; "
+               "the plots show the steps logged so far.", ""]
+    else:
+        md += ["## Hard-test pass@k (%, mean ± sd over seeds)", ""]
+        md += pass_at_k_md(summary.get("pass_at_k") or {}) + [""]
+        if summary.get("question_analysis"):
+            md += ["## Question analysis", ""] + generic_md(summary["question_analysis"]) + [""]
+    md += ["## Progress", ""] + (progress_md(runs) if runs else ["No metrics.jsonl yet."]) + [""]
+    written = []
+    with plt.rc_context(STYLE):
+        for filename, title, needs, make in plots(runs, config, summary):
+            fig = make()
+            md += [f"## {title}", ""]
+            if fig is None:
+                md += [f"_Skipped: this run has no {needs} yet._", ""]
+                continue
+            fig.savefig(run_dir / filename)
+            plt.close(fig)
+            written.append(run_dir / filename)
+            md += [f"![{title}]({filename})", ""]
+    md += ["## Sample promoted questions"] + promoted_md(run_dir)
+    md += ["", "## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
+    (run_dir / "report.md").write_text("\n".join(md))
+    return written + [run_dir / "report.md"]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python report.py RUN_DIR")
+    try:
+        for path in write_report(Path(sys.argv[1])):
+            print(path)
+    except (OSError, ValueError) as e:
+        sys.exit(f"report: {e}")

@@ -1,0 +1,118 @@
+"""report.py on synthetic run directories that follow the metrics.jsonl / summary.json contract."""
+import json
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from report import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+PLOTS = ["teacher_reward.png", "hard_train_acc.png", "valid_rate.png", "diversity.png",
+         "quality.png", "pass_at_k.png"]
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def teacher_rows(method, seed, steps, rng):
+    rows, window, n_promotions = [], [], 0
+    for step in range(steps):
+        collapse = step / steps if method == "intrinsic_t" else 0.0
+        center = 0.3 + 0.4 * collapse if method == "intrinsic_t" else 0.004 + 0.0006 * step
+        rewards = [rng.gauss(center, 0.02) for _ in range(4)]
+        window = (window + [sum(rewards) / 4])[-3:]
+        promoted = method == "soar" and sum(window) / len(window) > 0.01 and step % 4 == 3
+        n_promotions += promoted
+        rows.append({
+            "method": method, "seed": seed, "step": step, "dataset_rewards": rewards,
+            "mean_reward": window[-1], "moving_avg": sum(window) / len(window),
+            "promoted": promoted, "promoted_dataset": 1 if promoted else None,
+            "n_promotions": n_promotions, "n_promoted_questions": 16 * n_promotions,
+            "baseline_acc": 0.02 + 0.01 * n_promotions,
+            "valid_rate": min(1, rng.uniform(0.5, 0.7) + 0.01 * step),
+            "teacher_loss": rng.random(),
+            "diversity": {"distinct": rng.uniform(0.85, 0.95) - 0.6 * collapse,
+                          "ngram_entropy": rng.uniform(5, 5.3) - 2 * collapse},
+            "quality": {"well_posed": rng.uniform(0.6, 0.7) + 0.2 * collapse,
+                        "correct": rng.uniform(0.3, 0.4) + 0.2 * collapse},
+            "times": {"teacher_sample": 1.0, "student_sample": 4.0, "check": 0.3, "train": 3.0},
+            "sample_question": "What is 2+3?", "sample_answer": "5"})
+    return rows
+
+
+def make_run(root, *, seeds=2, steps=12, methods=("soar", "intrinsic_t", "hard_only"),
+             summary=True):
+    rng = random.Random(0)
+    (root / "config.json").parent.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps({"tau": 0.01, "seeds": seeds, "g": 4, "n": 16}))
+    for seed in range(seeds):
+        for method in methods:
+            path = root / f"seed{seed}" / method / "metrics.jsonl"
+            if method == "hard_only":
+                write_jsonl(path, [{"method": method, "seed": seed, "step": s, "train_reward": 0.0,
+                                    "hard_train_acc": 0.01 * (rng.random() < 0.2), "times": {}}
+                                   for s in range(steps * 2)])
+            else:
+                write_jsonl(path, teacher_rows(method, seed, steps, rng))
+        write_jsonl(root / f"seed{seed}" / "soar" / "promoted_questions.jsonl",
+                    [{"problem": f"Compute {a} * ({a} + 7) - 3 | step by step.",
+                      "answer": str(a * (a + 7) - 3), "step": 3 + a % 4} for a in range(32)])
+    if summary:
+        pass_at_k = {m: {k: {"mean": base * (1 - math.exp(-int(k) / 12)), "sd": 0.01 * base * 10,
+                             "n_seeds": seeds} for k in ("1", "4", "8", "16", "32")}
+                     for m, base in [("base", 0.06), ("hard_only", 0.08), ("soar_ps", 0.15),
+                                     ("soar_pq", 0.18), ("intrinsic_t", 0.12)]}
+        analysis = {"soar_pq": {"well_posed": 0.65, "correct": 0.33, "n": 128},
+                    "intrinsic_t": {"well_posed": 0.8, "correct": 0.55, "n": 128}}
+        (root / "summary.json").write_text(json.dumps(
+            {"pass_at_k": pass_at_k, "question_analysis": analysis, "config": {}}))
+    return root
+
+
+def test_full_run_writes_every_plot_and_the_tables(tmp_path):
+    paths = write_report(make_run(tmp_path))
+    assert sorted(p.name for p in paths) == sorted(PLOTS + ["report.md"])
+    for name in PLOTS:
+        assert (tmp_path / name).stat().st_size > 10_000
+    md = (tmp_path / "report.md").read_text()
+    assert "| SOAR-PQ | 1.4 ± 1.8 |" in md  # 0.18 * (1 - e^(-1/12)) = 1.4 %
+    assert "| Hard-Only |" in md and "| Intrinsic-T | " in md and "| 2 |" in md
+    assert "| SOAR-PQ | 0.65 | 0.33 | 128 |" in md
+    assert "![Teacher reward](teacher_reward.png)" in md
+    assert "Compute 0 * (0 + 7) - 3" in md and "**seed1**" in md
+    assert "Skipped" not in md and "Unfinished" not in md
+
+
+def test_unfinished_run_without_summary_still_reports(tmp_path):
+    paths = write_report(make_run(tmp_path, methods=("soar",), steps=3, summary=False))
+    md = (tmp_path / "report.md").read_text()
+    assert "Unfinished run" in md
+    assert {p.name for p in paths} == set(PLOTS + ["report.md"]) - {"pass_at_k.png"}
+    assert "_Skipped: this run has no pass_at_k in summary.json yet._" in md
+
+
+def test_run_with_no_metrics_yet_reports_every_plot_skipped(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert write_report(tmp_path) == [tmp_path / "report.md"]
+    assert (tmp_path / "report.md").read_text().count("Skipped") == len(PLOTS)
+
+
+def test_malformed_metrics_line_names_file_and_line(tmp_path):
+    make_run(tmp_path, seeds=1, steps=3)
+    path = tmp_path / "seed0" / "soar" / "metrics.jsonl"
+    path.write_text(path.read_text() + '{"step": 3, "mean_rew\n')
+    with pytest.raises(ValueError, match=rf"{path}:4: malformed JSON line"):
+        write_report(tmp_path)
+
+
+def test_cli_exits_nonzero_with_one_line_for_a_non_run_dir(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "report.py"), str(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"report: {tmp_path}/config.json not found: not a run directory"
