@@ -1,0 +1,453 @@
+"""Speed benchmark: the in-process sampler against `model.generate`, one student RLOO step against
+TRL's RLOOTrainer on the same work, one SOAR outer step's phases, peak memory, and the share of
+the machine's own matmul throughput that decoding reaches. Prints one table.
+
+    python bench.py                     # the tiny model if it is built, else a random Llama
+    python bench.py --model small       # any preset, HF id or local directory (GPU: add --quant 4bit)
+    python bench.py --metrics runs/x/seed0/soar/metrics.jsonl   # add a SOAR step's phases
+
+Workload (the student's rollouts): --prompts questions x --group samples at temperature 1, up to
+--max-new-tokens. Useful tokens are the tokens before EOS: `generate` keeps decoding rows that
+have finished, and that work is not counted for either side. A random model has no reason to
+stop, so it gets an EOS-heavy stop set (--mean-len: about vocab/mean-len stop ids, i.e. lengths
+roughly geometric with that mean, capped at --max-new-tokens), stored in its generation config
+so `generate`, the sampler and TRL all stop on the same ids. Each timing is interleaved across
+the compared methods and repeated (--repeats) with different seeds; tokens/s is total tokens
+over total time. The machine's load average is printed: other processes slow every number.
+
+The TRL row needs `pip install trl` (not a project requirement); without it the row says so.
+"""
+import argparse
+import contextlib
+import os
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+import models
+import sampler
+
+RANDOM_CONFIG = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=4, max_position_embeddings=1024)
+RANDOM_VOCAB = 1000
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="auto", help="preset, HF id or local dir; 'auto' = tiny if built, else "
+                   "'random' (a random Llama: hidden 256, 4 layers, vocab 1000)")
+    p.add_argument("--quant", default="none", choices=["none", "4bit", "8bit"], help="bitsandbytes quantization")
+    p.add_argument("--prompts", type=int, default=8, help="questions per rollout batch")
+    p.add_argument("--group", type=int, default=8, help="samples per question (G)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="rollout length cap")
+    p.add_argument("--greedy-tokens", type=int, default=64, help="new tokens in the plain greedy comparison")
+    p.add_argument("--prompt-len", type=int, default=64, help="random model only: mean prompt length (tokens)")
+    p.add_argument("--mean-len", type=int, default=64, help="random model only: mean answer length it stops at")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per method (interleaved)")
+    p.add_argument("--rloo-steps", type=int, default=1, help="timed RLOO steps per side (after one warm-up step)")
+    p.add_argument("--micro-batch", type=int, default=16, help="rows per forward/backward in the RLOO step")
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--skip-trl", action="store_true", help="do not run the TRL comparison")
+    p.add_argument("--metrics", type=Path, help="metrics.jsonl of a train.py run: prints its phase times")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+# ---- models and workloads ---------------------------------------------------------------------
+
+def random_model_dir(out: Path, mean_len: int) -> Path:
+    """A random Llama with a word-level tokenizer, saved in HF format; its stop set is EOS-heavy."""
+    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials + [f"w{i}" for i in range(RANDOM_VOCAB - len(specials))])}
+    tok = Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", unk_token="<unk>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=RANDOM_VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0, **RANDOM_CONFIG)
+    model = LlamaForCausalLM(config)
+    stop_ids = [2] + list(range(len(specials), len(specials) + RANDOM_VOCAB // mean_len - 1))
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=stop_ids, pad_token_id=0)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def tiny_model_dir() -> Path | None:
+    """The built tiny model's directory, or None if it has not been built (building takes a while)."""
+    try:
+        from data.tiny_model import model_dir
+    except ImportError:
+        return None
+    path = model_dir(0)
+    return path if (path / "config.json").exists() else None
+
+
+def prompt_texts(kind: str, n: int, prompt_len: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    if kind == "random":
+        lengths = [max(4, int(prompt_len * rng.uniform(0.7, 1.3))) for _ in range(n)]
+        return [" ".join(f"w{rng.randrange(RANDOM_VOCAB - 4)}" for _ in range(k)) for k in lengths]
+    from data import tiny_world
+    import student
+    problems = tiny_world.generate_problems(n, 3, seed) if kind == "tiny" else [
+        {"problem": f"What is {rng.randrange(100, 999)} + {rng.randrange(100, 999)}?"} for _ in range(n)]
+    return [student.student_message(p["problem"]) for p in problems]
+
+
+def encode(tokenizer, texts: list[str], kind: str) -> list[list[int]]:
+    if kind == "random":
+        return [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+    chat = kind == "hub" and tokenizer.chat_template is not None
+    return [models.encode_prompt(tokenizer, t, chat_template=chat) for t in texts]
+
+
+# ---- timing helpers -----------------------------------------------------------------------------
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_call(fn, device):
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def useful_tokens(rows: list[list[int]], eos: set[int]) -> int:
+    """Tokens before the first stop id of each row."""
+    return sum(next((i for i, t in enumerate(r) if t in eos), len(r)) for r in rows)
+
+
+def cut_after_stop(rows: list[list[int]], eos: list[int]) -> list[list[int]]:
+    """Each row up to and including its first stop id (what `generate` pads past)."""
+    return [r[:next((i + 1 for i, t in enumerate(r) if t in eos), len(r))] for r in rows]
+
+
+def peak_memory(device) -> str:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    text = f"peak RSS {rss:.0f} MiB"
+    if device.type == "cuda":
+        text += f", max allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+    return text
+
+
+def matmul_gflops(device, repeats: int = 5) -> float:
+    """The machine's own dense matmul rate: best of a few square products in the model's dtype."""
+    n = 4096 if device.type == "cuda" else 1024
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = min(timed_call(lambda: a @ b, device)[1] for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def linear_params(model) -> int:
+    """Weights that every decoded token multiplies (all Linear layers, LoRA included, lm_head included)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+@contextlib.contextmanager
+def dynamic_cache():
+    """Ablation: transformers' own DynamicCache (appends by torch.cat) instead of the preallocated one."""
+    from transformers import DynamicCache
+    original = sampler.new_cache
+    sampler.new_cache = lambda config, capacity: DynamicCache(config=config)
+    try:
+        yield
+    finally:
+        sampler.new_cache = original
+
+
+# ---- 1. sampler vs generate ---------------------------------------------------------------------
+
+def hf_generate(model, prompts, *, n, max_new_tokens, temperature, eos, pad_id, seed):
+    from transformers import GenerationConfig
+    ids, mask = sampler.left_pad(prompts, pad_id, sampler.model_device(model))
+    config = GenerationConfig(do_sample=temperature > 0, temperature=temperature or None, top_k=0, top_p=1.0,
+                              max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad_id,
+                              num_return_sequences=n)
+    torch.manual_seed(seed)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    return out[:, ids.shape[1]:].tolist()
+
+
+def our_sample(model, prompts, *, n, max_new_tokens, temperature, eos, pad_id, seed):
+    r = sampler.sample(model, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                       eos_token_ids=eos, pad_token_id=pad_id, generator=torch.Generator().manual_seed(seed))
+    return r.completion_ids
+
+
+def bench_greedy(model, prompts, eos, pad_id, args, device, rows):
+    """Plain greedy, one row per prompt: outputs must be identical; prefill timed as a 1-token run."""
+    kw = dict(n=1, temperature=0.0, eos=eos, pad_id=pad_id, seed=0)
+    ours = our_sample(model, prompts, max_new_tokens=args.greedy_tokens, **kw)
+    theirs = hf_generate(model, prompts, max_new_tokens=args.greedy_tokens, **kw)
+    identical = ours == cut_after_stop(theirs, eos)
+    times = {"generate": [0.0, 0.0], "sampler": [0.0, 0.0]}  # [prefill, total]
+    new_tokens = {"generate": 0, "sampler": 0}
+    for _ in range(args.repeats):
+        for name, fn in (("generate", hf_generate), ("sampler", our_sample)):
+            times[name][0] += timed_call(lambda: fn(model, prompts, max_new_tokens=1, **kw), device)[1]
+            out, dt = timed_call(lambda: fn(model, prompts, max_new_tokens=args.greedy_tokens, **kw), device)
+            times[name][1] += dt
+            new_tokens[name] += sum(map(len, cut_after_stop(out, eos)))
+    prompt_tokens = sum(map(len, prompts)) * args.repeats
+    for name in times:
+        prefill, total = times[name]
+        decoded = new_tokens[name] - len(prompts) * args.repeats
+        rows.append([f"greedy {len(prompts)}x1, {name}", f"{prompt_tokens / prefill:.0f}",
+                     f"{decoded / max(total - prefill, 1e-9):.0f}", f"{new_tokens[name] / total:.0f}", ""])
+    return identical, times
+
+
+def bench_rollouts(model, prompts, eos, pad_id, args, device, rows):
+    """The student-rollout workload; returns useful tokens/s and decode seconds per method."""
+    G, L = args.group, args.max_new_tokens
+    stop = set(eos)
+    never = [model.config.vocab_size]  # a stop id no row can emit: keeps every row decoding
+    repeated = [p for p in prompts for _ in range(G)]
+    methods = {
+        "generate (num_return_sequences)": lambda s: hf_generate(model, prompts, n=G, max_new_tokens=L,
+                                                                temperature=1.0, eos=eos, pad_id=pad_id, seed=s),
+        "sampler": lambda s: our_sample(model, prompts, n=G, max_new_tokens=L, temperature=1.0, eos=eos,
+                                        pad_id=pad_id, seed=s),
+        "sampler, prompt prefilled per row": lambda s: our_sample(model, repeated, n=1, max_new_tokens=L,
+                                                                  temperature=1.0, eos=eos, pad_id=pad_id, seed=s),
+    }
+    totals = {name: [0, 0.0, 0] for name in list(methods) + ["sampler, torch.cat cache (DynamicCache)",
+                                                              "sampler, finished rows kept (emulated)"]}
+    for s in range(args.repeats):
+        seed = args.seed * 1000 + s
+        longest = L
+        for name, fn in methods.items():
+            out, dt = timed_call(lambda: fn(seed), device)
+            totals[name][0] += useful_tokens(out, stop)
+            totals[name][1] += dt
+            totals[name][2] += len(out)
+            if name == "sampler":
+                longest = max(len(r) for r in out)
+        with dynamic_cache():
+            out, dt = timed_call(lambda: methods["sampler"](seed), device)
+        totals["sampler, torch.cat cache (DynamicCache)"][:2] = [
+            totals["sampler, torch.cat cache (DynamicCache)"][0] + useful_tokens(out, stop),
+            totals["sampler, torch.cat cache (DynamicCache)"][1] + dt]
+        # Keeping finished rows = every row decodes as long as the batch's longest row did.
+        out, dt = timed_call(lambda: our_sample(model, prompts, n=G, max_new_tokens=longest, temperature=1.0,
+                                                eos=never, pad_id=pad_id, seed=seed), device)
+        key = "sampler, finished rows kept (emulated)"
+        totals[key][:2] = [totals[key][0] + useful_tokens(out, stop), totals[key][1] + dt]
+    rates = {}
+    for name, (tokens, seconds, _) in totals.items():
+        rates[name] = tokens / seconds
+        rows.append([f"rollouts {len(prompts)}x{G} T=1, {name}", "", "", f"{rates[name]:.0f}",
+                     f"{tokens / (len(prompts) * G * args.repeats):.1f} useful tok/row"])
+    return rates, totals
+
+
+# ---- 2. one student RLOO step: ours vs TRL ------------------------------------------------------
+
+def parity_reward(completion_ids: list[list[int]], stop: set[int]) -> list[float]:
+    """A stand-in reward both sides compute the same way (answer checking is timed in the SOAR step)."""
+    return [float(useful_tokens([c], stop) % 2) for c in completion_ids]
+
+
+def our_rloo_step(model, tokenizer, prompts, args, optimizer, scheduler, generator):
+    import rewards
+    eos = models.eos_ids(tokenizer, model)
+    models.activate(model, "student")
+    times = {}
+    with models.timed(times, "sample"):
+        r = sampler.sample(model, prompts, n=args.group, max_new_tokens=args.max_new_tokens, temperature=1.0,
+                           eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id, generator=generator)
+    reward = torch.tensor(parity_reward(r.completion_ids, set(eos))).view(len(prompts), args.group)
+    advantages = rewards.rloo_advantages(reward).flatten()
+    with models.timed(times, "train"):
+        models.policy_gradient_step(model, "student", optimizer, scheduler, r.prompt_ids, r.completion_ids,
+                                    advantages, kl_coef=0.001, pad_token_id=tokenizer.pad_token_id,
+                                    micro_batch=args.micro_batch, max_new_tokens=args.max_new_tokens)
+    return times
+
+
+def bench_ours_rloo(path, texts, kind, args, device):
+    model, tokenizer = models.load_model(path, quant=args.quant, lora_rank=args.lora_rank,
+                                         lora_alpha=2 * args.lora_rank, device=device.type)
+    prompts = encode(tokenizer, texts, kind)
+    optimizer, scheduler = models.make_optimizer(model, "student", lr=1e-5, total_steps=100)
+    generator = torch.Generator().manual_seed(args.seed)
+    our_rloo_step(model, tokenizer, prompts, args, optimizer, scheduler, generator)  # warm-up
+    steps = []
+    for _ in range(args.rloo_steps):
+        times, total = timed_call(lambda: our_rloo_step(model, tokenizer, prompts, args, optimizer, scheduler,
+                                                        generator), device)
+        steps.append((total, times))
+    del model
+    return steps
+
+
+def bench_trl_rloo(path, texts, args, device):
+    """TRL's RLOOTrainer on the same model, LoRA, prompts, group, batch, length cap and KL coefficient."""
+    try:
+        from datasets import Dataset
+        from peft import LoraConfig
+        from transformers import AutoTokenizer, GenerationConfig, TrainerCallback
+        from trl import RLOOConfig, RLOOTrainer
+    except ImportError as e:
+        return f"not run: {e} (pip install trl)"
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    stop = set(models.eos_ids(tokenizer, SimpleNamespace(generation_config=GenerationConfig.from_pretrained(path))))
+
+    def reward(completions, completion_ids, **kw):
+        return parity_reward(completion_ids, stop)
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times = []
+
+        def on_step_begin(self, *a, **k):
+            sync(device)
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            sync(device)
+            self.times.append(time.perf_counter() - self.start)
+
+    rows = len(texts) * args.group
+    config = RLOOConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=args.micro_batch,
+        gradient_accumulation_steps=rows // args.micro_batch, num_generations=args.group,
+        max_completion_length=args.max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, beta=0.001,
+        learning_rate=1e-5, max_steps=1 + args.rloo_steps, logging_steps=1, save_strategy="no", report_to=[],
+        use_cpu=device.type == "cpu", bf16=device.type == "cuda", seed=args.seed, disable_dropout=True)
+    lora = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+    dataset = Dataset.from_list([{"prompt": t} for t in texts] * (1 + args.rloo_steps))
+    timer = StepTimer()
+    trainer = RLOOTrainer(model=path, reward_funcs=reward, args=config, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=lora, callbacks=[timer])
+    if set(trainer.eos_token_ids) != stop:
+        return f"not comparable: TRL stops at {sorted(trainer.eos_token_ids)}, we stop at {sorted(stop)}"
+    trainer.train()
+    return timer.times[1:]  # the first step is the warm-up
+
+
+# ---- 3. SOAR outer step phases from a train.py run ---------------------------------------------
+
+def soar_phases(path: Path) -> dict[str, float]:
+    import json
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    times = [line["times"] for line in lines if "times" in line]
+    if not times:
+        raise SystemExit(f"--metrics {path}: no line has a 'times' field")
+    return {k: statistics.mean(t.get(k, 0.0) for t in times) for k in times[0]}
+
+
+# ---- main ---------------------------------------------------------------------------------------
+
+def print_table(header, rows):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print(line(r))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    if args.model == "auto":
+        args.model = "tiny" if tiny_model_dir() else "random"
+    if args.model == "random":
+        path, kind = str(random_model_dir(workdir / "random", args.mean_len)), "random"
+    elif args.model == "tiny":
+        path, kind = str(tiny_model_dir() or models.resolve_model("tiny")), "tiny"
+    else:
+        path, kind = args.model, "hub"
+    texts = prompt_texts(kind, args.prompts, args.prompt_len, args.seed)
+
+    model, tokenizer = models.load_model(path, quant=args.quant, lora_rank=args.lora_rank,
+                                         lora_alpha=2 * args.lora_rank, device=device.type)
+    models.activate(model, "student")
+    model.eval()
+    prompts = encode(tokenizer, texts, kind)
+    eos, pad_id = models.eos_ids(tokenizer, model), tokenizer.pad_token_id
+    load_before = os.getloadavg()[0]
+    gflops = matmul_gflops(device)
+    params = linear_params(model)
+    print(f"model {args.model} ({path}): {params / 1e6:.2f}M linear params, device {device}, "
+          f"{torch.get_num_threads()} threads, matmul {gflops:.1f} GFLOP/s, load average {load_before:.1f}")
+
+    rows, notes = [], []
+    with torch.no_grad():
+        our_sample(model, prompts, n=1, max_new_tokens=4, temperature=1.0, eos=eos, pad_id=pad_id, seed=0)
+        hf_generate(model, prompts, n=1, max_new_tokens=4, temperature=1.0, eos=eos, pad_id=pad_id, seed=0)
+        identical, greedy_times = bench_greedy(model, prompts, eos, pad_id, args, device, rows)
+        rates, totals = bench_rollouts(model, prompts, eos, pad_id, args, device, rows)
+    notes.append(f"greedy outputs identical to generate: {identical}")
+    speedup = rates["sampler"] / rates["generate (num_return_sequences)"]
+    notes.append(f"rollout useful tokens/s, sampler / generate: {speedup:.2f}x (target >= 2x: "
+                 f"{'met' if speedup >= 2 else 'NOT met'})")
+    g_dec = greedy_times["generate"][1] - greedy_times["generate"][0]
+    s_dec = greedy_times["sampler"][1] - greedy_times["sampler"][0]
+    notes.append(f"greedy decode time, generate / sampler: {g_dec / s_dec:.2f}x (target: never slower: "
+                 f"{'met' if s_dec <= g_dec else 'NOT met'})")
+    decoded = totals["sampler"][0]
+    share = 2 * params * decoded / totals["sampler"][1] / 1e9 / gflops
+    notes.append(f"rollout decoding reaches {share:.1%} of the measured matmul rate "
+                 f"(2 x {params / 1e6:.2f}M params x useful tokens / time; attention FLOPs not counted)")
+    notes.append(f"after sampling: {peak_memory(device)}")
+    del model
+
+    ours = bench_ours_rloo(path, texts, kind, args, device)
+    for total, phases in ours:
+        rows.append([f"RLOO step {args.prompts}x{args.group}, ours", "", "", "",
+                     f"{total:.2f} s (sample {phases['sample']:.2f} s, train {phases['train']:.2f} s)"])
+    notes.append(f"after our RLOO steps: {peak_memory(device)}")
+    if not args.skip_trl:
+        trl = bench_trl_rloo(path, texts, args, device)
+        if isinstance(trl, str):
+            rows.append([f"RLOO step {args.prompts}x{args.group}, TRL RLOOTrainer", "", "", "", trl])
+        else:
+            for t in trl:
+                rows.append([f"RLOO step {args.prompts}x{args.group}, TRL RLOOTrainer", "", "", "", f"{t:.2f} s"])
+            ratio = statistics.mean(t for t in trl) / statistics.mean(t for t, _ in ours)
+            notes.append(f"RLOO step, TRL / ours: {ratio:.2f}x (target >= 1.5x: {'met' if ratio >= 1.5 else 'NOT met'})")
+            notes.append(f"after TRL: {peak_memory(device)}")
+    if args.metrics:
+        phases = soar_phases(args.metrics)
+        rows.append(["SOAR outer step (from --metrics)", "", "", "",
+                     ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()) + f"; total {sum(phases.values()):.2f} s"])
+    else:
+        notes.append("SOAR outer step phases: not measured here (pass --metrics run/.../metrics.jsonl)")
+
+    print()
+    print_table(["what", "prefill tok/s", "decode tok/s", "useful tok/s", "notes"], rows)
+    print()
+    for n in notes:
+        print("- " + n)
+    print(f"- load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
