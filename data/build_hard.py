@@ -1,0 +1,188 @@
+"""The fail@k hard-set builder: the problems a model solves 0 times in k samples, split 50/50.
+
+    python -m data.build_hard --model small --dataset math --k 128 --out-dir hard_sets
+
+samples k student answers per problem (student prompt, temperature 1), checks them, keeps the
+problems solved 0 times and splits them with a seed into `hard_train.jsonl` / `hard_test.jsonl`,
+plus `stats.json` (pool size, histogram of solve counts, settings), under
+`<out-dir>/<model tag>/<dataset tag>/`. Per-problem results go to `results.jsonl` as they come,
+in chunks of problems each sampled from its own seeded generator, so an interrupted build resumes
+where it stopped and ends with exactly the files an uninterrupted one would have written.
+`build_hard(model, tokenizer, problems, k, out_dir=...)` is the same thing for an in-memory model.
+"""
+import argparse
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rewards import check_many
+
+
+def tag(name: str) -> str:
+    """A folder name for a model or dataset: a local file by its stem, a local folder by its name,
+    a preset, benchmark or hub id as is ("/" becomes "--")."""
+    path = Path(name)
+    if path.is_file():
+        return path.stem
+    if path.is_dir():
+        return path.resolve().name
+    return name.replace("/", "--")
+
+
+def hard_set_paths(hard_dir, model: str, dataset: str) -> tuple[Path, Path]:
+    folder = Path(hard_dir) / tag(model) / tag(dataset)
+    return folder / "hard_train.jsonl", folder / "hard_test.jsonl"
+
+
+def read_results(path: Path) -> list[dict]:
+    """Results written so far; a last line cut off by a kill is dropped (its chunk is redone)."""
+    if not path.exists():
+        return []
+    results = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            results.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return results
+
+
+def split_hard(hard: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
+    order = list(range(len(hard)))
+    random.Random(seed).shuffle(order)
+    half = len(hard) // 2
+    return [hard[i] for i in sorted(order[:half])], [hard[i] for i in sorted(order[half:])]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def build_hard(model, tokenizer, problems: list[dict], k: int, *, out_dir, chat_template: bool,
+               max_new_tokens: int = 1024, batch_size: int = 64, chunk_problems: int = 8,
+               seed: int = 0, check_timeout: float = 5.0, settings: dict | None = None,
+               progress: bool = True) -> tuple[list[dict], list[dict], dict]:
+    """Sample, check, filter and split; returns (hard_train, hard_test, stats) and writes them."""
+    from models import eos_ids, encode_prompt
+    from sampler import decode, sample
+    from student import student_message
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {**(settings or {}), "k": k, "max_new_tokens": max_new_tokens, "temperature": 1.0,
+                "chat_template": chat_template, "chunk_problems": chunk_problems, "seed": seed,
+                "batch_size": batch_size, "n_problems": len(problems)}
+    settings_path = out_dir / "settings.json"
+    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
+        raise SystemExit(f"error: {out_dir} holds a build with other settings "
+                         f"({settings_path}); delete the folder or choose another --out-dir")
+    settings_path.write_text(json.dumps(settings, indent=1))
+
+    results_path = out_dir / "results.jsonl"
+    results = read_results(results_path)
+    done = len(results) - len(results) % chunk_problems if len(results) < len(problems) else len(results)
+    results = results[:done]
+    for i, r in enumerate(results):
+        if r["problem"] != problems[i]["problem"]:
+            raise SystemExit(f"error: {results_path}:{i + 1} is for another problem than the "
+                             f"dataset's problem {i}; delete the folder or choose another --out-dir")
+    write_jsonl(results_path, results)  # drop any partial chunk before appending
+
+    eos, pad = eos_ids(tokenizer, model), tokenizer.pad_token_id
+    bar = tqdm(total=len(problems), initial=done, desc="fail@k", unit="problem", disable=not progress)
+    with results_path.open("a", encoding="utf-8") as out:
+        for start in range(done, len(problems), chunk_problems):
+            chunk = problems[start:start + chunk_problems]
+            # Each chunk has its own generator, so a resumed build samples exactly what a full one would.
+            generator = torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + start)
+            prompts = [encode_prompt(tokenizer, student_message(p["problem"]), chat_template) for p in chunk]
+            rollouts = sample(model, prompts, n=k, max_new_tokens=max_new_tokens, temperature=1.0,
+                              eos_token_ids=eos, pad_token_id=pad, batch_size=batch_size,
+                              generator=generator)
+            texts = decode(tokenizer, rollouts.completion_ids)
+            golds = [p["answer"] for p in chunk for _ in range(k)]
+            # A gold that does not check against itself cannot grade anything: the problem is dropped.
+            valid = check_many([f"\\boxed{{{p['answer']}}}" for p in chunk], [p["answer"] for p in chunk],
+                               timeout=check_timeout)
+            correct = check_many(texts, golds, timeout=check_timeout)
+            for j, p in enumerate(chunk):
+                n_correct = sum(correct[j * k:(j + 1) * k]) if valid[j] else None
+                out.write(json.dumps({**p, "index": start + j, "n_correct": n_correct, "k": k},
+                                     ensure_ascii=False) + "\n")
+            out.flush()
+            bar.update(len(chunk))
+    bar.close()
+    return finish(out_dir, read_results(results_path), settings, seed)
+
+
+def finish(out_dir: Path, results: list[dict], settings: dict, seed: int):
+    valid = [r for r in results if r["n_correct"] is not None]
+    hard = [{key: v for key, v in r.items() if key not in ("n_correct", "k")}
+            for r in valid if r["n_correct"] == 0]
+    hard_train, hard_test = split_hard(hard, seed)
+    histogram = Counter(r["n_correct"] for r in valid)
+    stats = {"pool_size": len(results), "invalid_gold": len(results) - len(valid), "n_hard": len(hard),
+             "n_train": len(hard_train), "n_test": len(hard_test),
+             "solve_count_histogram": {str(c): histogram[c] for c in sorted(histogram)},
+             "settings": settings}
+    write_jsonl(out_dir / "hard_train.jsonl", hard_train)
+    write_jsonl(out_dir / "hard_test.jsonl", hard_test)
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+    return hard_train, hard_test, stats
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="preset (tiny, small, paper), hub id or local path")
+    p.add_argument("--dataset", required=True,
+                   help="math, math500, harp, olympiadbench, or a local .jsonl/.json/.parquet file")
+    p.add_argument("--split", default=None, help="benchmark split (math: test = the paper's pool)")
+    p.add_argument("--problem-field", default="problem")
+    p.add_argument("--answer-field", default="answer",
+                   help="a field holding a worked solution gives the last \\boxed{} in it")
+    p.add_argument("--k", type=int, default=128, help="samples per problem (paper 128)")
+    p.add_argument("--out-dir", default="hard_sets", help="writes <out-dir>/<model>/<dataset>/")
+    p.add_argument("--quant", default="auto", choices=["auto", "4bit", "8bit", "none"],
+                   help="auto = 4bit on GPU for hub models, else none")
+    p.add_argument("--chat-template", default="auto", choices=["auto", "on", "off"],
+                   help="auto = on when the tokenizer has one")
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="paper 1024")
+    p.add_argument("--batch-size", type=int, default=64, help="rows decoded at once")
+    p.add_argument("--chunk-problems", type=int, default=8, help="problems sampled together (resume unit)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N problems (a trial run)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.k < 1:
+        p.error("--k must be at least 1")
+
+    from data.benchmarks import load_problems
+    problems = load_problems(args.dataset, problem_field=args.problem_field,
+                             answer_field=args.answer_field, split=args.split)[:args.limit]
+    import models
+    quant = args.quant
+    if quant == "auto":
+        quant = "4bit" if torch.cuda.is_available() and args.model != "tiny" else "none"
+    try:
+        model, tokenizer = models.load_model(args.model, quant)
+    except models.ModelUnavailable as e:
+        raise SystemExit(f"error: {e}") from None
+    chat_template = {"on": True, "off": False}.get(args.chat_template,
+                                                   getattr(tokenizer, "chat_template", None) is not None)
+    train_path, _ = hard_set_paths(args.out_dir, args.model, args.dataset)
+    settings = {"model": args.model, "dataset": args.dataset, "split": args.split, "quant": quant,
+                "limit": args.limit}
+    _, _, stats = build_hard(model, tokenizer, problems, args.k, out_dir=train_path.parent,
+                             chat_template=chat_template, max_new_tokens=args.max_new_tokens,
+                             batch_size=args.batch_size, chunk_problems=args.chunk_problems,
+                             seed=args.seed, settings=settings)
+    print(f"{stats['n_hard']} of {stats['pool_size']} problems solved 0/{args.k} times "
+          f"({stats['invalid_gold']} dropped: unparsable gold) -> {stats['n_train']} train / "
+          f"{stats['n_test']} test in {train_path.parent}")
+
+
+if __name__ == "__main__":
+    main()
