@@ -1,4 +1,14 @@
-"""The student: its prompt, RLOO on (question, answer) pairs, and greedy / pass@k evaluation."""
+"""The student: its prompt, RLOO on (question, answer) pairs, and greedy / pass@k evaluation.
+
+The student is the "student" LoRA adapter of the shared model. Whoever calls these functions
+decides which weights sit in that adapter (the baseline, a throw-away copy, a fresh student).
+"""
+import random
+
+import torch
+
+from models import activate, encode_prompt, generate, make_optimizer, policy_gradient_step, timed
+from rewards import binary_reward, check_many, rloo_advantages, shaped_reward
 
 STUDENT_INSTRUCTION = (
     "Solve the following math problem step by step. "
@@ -8,3 +18,83 @@ STUDENT_INSTRUCTION = (
 
 def student_message(problem: str) -> str:
     return f"{STUDENT_INSTRUCTION}\n{problem}"
+
+
+def encode_problems(tokenizer, problems: list[dict], chat_template: bool) -> list[list[int]]:
+    return [encode_prompt(tokenizer, student_message(p["problem"]), chat_template) for p in problems]
+
+
+def answer(model, tokenizer, problems, cfg, *, n, temperature, generator=None, progress=None):
+    """Sample n student answers per problem; returns texts, grouped by problem."""
+    activate(model, "student")
+    _, texts = generate(model, tokenizer, encode_problems(tokenizer, problems, cfg.use_chat_template),
+                        n=n, temperature=temperature, max_new_tokens=cfg.student_max_tokens,
+                        batch_size=cfg.sample_batch, generator=generator, progress=progress)
+    return texts
+
+
+def grade(texts: list[str], problems: list[dict], n: int, cfg) -> list[bool]:
+    """Correctness of n answers per problem, in the same grouped order as `texts`."""
+    golds = [p["answer"] for p in problems for _ in range(n)]
+    return check_many(texts, golds, timeout=cfg.check_timeout)
+
+
+def rloo_step(model, tokenizer, optimizer, scheduler, batch: list[dict], cfg, generator, times) -> dict:
+    """One RLOO step: G answers per question, leave-one-out advantages, a KL-penalized update."""
+    G = cfg.group_size
+    activate(model, "student")
+    prompt_ids = encode_problems(tokenizer, batch, cfg.use_chat_template)
+    with timed(times, "student_sample"):
+        rollouts, texts = generate(model, tokenizer, prompt_ids, n=G, temperature=cfg.temperature,
+                                   max_new_tokens=cfg.student_max_tokens,
+                                   batch_size=cfg.sample_batch, generator=generator)
+    with timed(times, "check"):
+        correct = grade(texts, batch, G, cfg)
+    golds = [p["answer"] for p in batch for _ in range(G)]
+    if cfg.reward == "shaped":
+        rewards = [shaped_reward(t, g, c) for t, g, c in zip(texts, golds, correct)]
+    else:
+        rewards = [binary_reward(c) for c in correct]
+    rewards = torch.tensor(rewards, dtype=torch.float32).view(len(batch), G)
+    advantages = rloo_advantages(rewards).flatten()
+    stats = {"reward": rewards.mean().item(), "accuracy": sum(correct) / len(correct),
+             "loss": 0.0, "kl": 0.0, "skipped": 0}
+    with timed(times, "train"):
+        # When every answer in every group scored the same, RLOO has no signal and the only
+        # gradient left is the KL pull towards the base: we skip the update (and its two
+        # forwards, which dominate Hard-Only's cost).
+        if advantages.abs().sum() > 0:
+            stats |= policy_gradient_step(
+                model, "student", optimizer, scheduler, rollouts.prompt_ids, rollouts.completion_ids,
+                advantages, kl_coef=cfg.kl_coef, pad_token_id=tokenizer.pad_token_id,
+                micro_batch=cfg.micro_batch, max_new_tokens=cfg.student_max_tokens)
+    return stats
+
+
+def train_student(model, tokenizer, problems: list[dict], steps: int, cfg, generator,
+                  rng: random.Random, times: dict) -> list[dict]:
+    """The inner loop: `steps` RLOO steps on `problems`, from whatever the student adapter holds."""
+    optimizer, scheduler = make_optimizer(model, "student", cfg.student_lr, steps)
+    history = []
+    for _ in range(steps):
+        batch = rng.sample(problems, min(cfg.student_batch, len(problems)))
+        history.append(rloo_step(model, tokenizer, optimizer, scheduler, batch, cfg, generator, times))
+    return history
+
+
+def greedy_accuracy(model, tokenizer, problems: list[dict], cfg, times=None) -> float:
+    """Share of problems the student answers correctly with greedy decoding (SOAR's reward signal)."""
+    times = {} if times is None else times
+    with timed(times, "eval"):
+        texts = answer(model, tokenizer, problems, cfg, n=1, temperature=0.0)
+        correct = grade(texts, problems, 1, cfg)
+    return sum(correct) / len(correct)
+
+
+def correct_counts(model, tokenizer, problems: list[dict], n: int, cfg, generator,
+                   progress=None) -> list[int]:
+    """How many of n sampled answers are correct, per problem (for pass@k and learnability)."""
+    texts = answer(model, tokenizer, problems, cfg, n=n, temperature=cfg.temperature,
+                   generator=generator, progress=progress)
+    correct = grade(texts, problems, n, cfg)
+    return [sum(correct[i * n:(i + 1) * n]) for i in range(len(problems))]

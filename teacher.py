@@ -1,4 +1,17 @@
-"""The teacher: its prompt, parsing its (question, answer) pairs, sampling datasets, and its RLOO update."""
+"""The teacher: its prompt, parsing its (question, answer) pairs, sampling datasets, its RLOO update,
+and the diversity of what it writes.
+
+The teacher is the "teacher" LoRA adapter of the shared model. It sees one fixed prompt and no
+seed questions (seed examples made the paper's teacher copy them).
+"""
+import math
+import re
+from collections import Counter
+
+import torch
+
+from models import activate, encode_prompt, generate, policy_gradient_step, timed
+from rewards import check_many, extract_boxed, rloo_advantages
 
 TEACHER_INSTRUCTION = (
     "You are writing a new math problem for a math assistant. "
@@ -7,3 +20,89 @@ TEACHER_INSTRUCTION = (
     "2-3 steps to solve. Output exactly one problem as <question>...</question> followed by "
     "its final answer as <answer>\\boxed{...}</answer>. Any reasoning goes outside the tags."
 )
+
+QA_PATTERN = re.compile(r"<question>(.*?)</question>\s*<answer>(.*?)</answer>", re.DOTALL)
+
+
+def parse_teacher_output(text: str) -> dict | None:
+    """The one (question, answer) pair in a teacher sample, or None if the sample is malformed.
+
+    Valid: exactly one <question> and one <answer> tag, the answer right after the question, a
+    non-empty question and a \\boxed{} answer. Whether the math parser can read the answer is
+    checked separately (`readable_answers`), in worker processes, because parsing can hang.
+    """
+    if text.count("<question>") != 1 or text.count("<answer>") != 1:
+        return None
+    match = QA_PATTERN.search(text)
+    if match is None:
+        return None
+    question, answer_block = match.group(1).strip(), match.group(2)
+    gold = extract_boxed(answer_block)
+    if not question or gold is None or not gold.strip():
+        return None
+    return {"problem": question, "answer": gold.strip()}
+
+
+def readable_answers(pairs: list[dict], timeout: float) -> list[bool]:
+    """An answer is usable only if the checker accepts it against itself: that is exactly
+    'the math parser can read it', and it runs bounded in the checker's worker processes."""
+    return check_many([f"\\boxed{{{p['answer']}}}" for p in pairs], [p["answer"] for p in pairs],
+                      timeout=timeout)
+
+
+def sample_pairs(model, tokenizer, count: int, cfg, generator, times) -> tuple[list[dict], list[dict]]:
+    """Rejection-sample `count` valid pairs (at most cfg.teacher_max_rounds rounds).
+
+    Returns (valid pairs with their token ids for the update, a record of every sample drawn).
+    """
+    activate(model, "teacher")
+    prompt_ids = [encode_prompt(tokenizer, TEACHER_INSTRUCTION, cfg.use_chat_template)]
+    pairs, records = [], []
+    for _ in range(cfg.teacher_max_rounds):
+        need = count - len(pairs)
+        if need <= 0:
+            break
+        with timed(times, "teacher_sample"):
+            rollouts, texts = generate(model, tokenizer, prompt_ids, n=need,
+                                       temperature=cfg.temperature,
+                                       max_new_tokens=cfg.teacher_max_tokens,
+                                       batch_size=cfg.sample_batch, generator=generator)
+        parsed = [parse_teacher_output(t) for t in texts]
+        candidates = [i for i, p in enumerate(parsed) if p is not None]
+        with timed(times, "check"):
+            readable = readable_answers([parsed[i] for i in candidates], cfg.check_timeout)
+        valid = {i for i, ok in zip(candidates, readable) if ok}
+        for i, text in enumerate(texts):
+            records.append({"completion": text, "valid": i in valid, **(parsed[i] or {})})
+            if i in valid:
+                pairs.append({**parsed[i], "prompt_ids": rollouts.prompt_ids[i],
+                              "completion_ids": rollouts.completion_ids[i]})
+    return pairs[:count], records
+
+
+def teacher_update(model, tokenizer, optimizer, scheduler, datasets: list[list[dict]],
+                   dataset_rewards: list[float], cfg) -> dict:
+    """RLOO across the g datasets: every sample of X_k gets advantage R_k - mean(R_other)."""
+    advantages = rloo_advantages(torch.tensor(dataset_rewards, dtype=torch.float32))
+    rows = [(pair, adv) for data, adv in zip(datasets, advantages.tolist()) for pair in data]
+    if all(adv == 0 for _, adv in rows):  # all datasets scored the same: no signal
+        return {"loss": 0.0, "kl": 0.0, "skipped": 0}
+    return policy_gradient_step(
+        model, "teacher", optimizer, scheduler,
+        [p["prompt_ids"] for p, _ in rows], [p["completion_ids"] for p, _ in rows],
+        torch.tensor([adv for _, adv in rows]), kl_coef=cfg.kl_coef,
+        pad_token_id=tokenizer.pad_token_id, micro_batch=cfg.micro_batch,
+        max_new_tokens=cfg.teacher_max_tokens)
+
+
+def question_diversity(questions: list[str], n: int = 3) -> dict:
+    """Share of distinct questions, and the entropy (bits) of their word n-grams."""
+    if not questions:
+        return {"distinct": 0.0, "ngram_entropy": 0.0}
+    normalized = [" ".join(q.lower().split()) for q in questions]
+    # Symbols and digits are tokens of their own, so "3+5*2" has n-grams too.
+    tokenized = [re.findall(r"[a-z]+|\S", q) for q in normalized]
+    grams = Counter(tuple(t[i:i + n]) for t in tokenized for i in range(max(1, len(t) - n + 1)))
+    total = sum(grams.values())
+    entropy = -sum(c / total * math.log2(c / total) for c in grams.values())
+    return {"distinct": len(set(normalized)) / len(normalized), "ngram_entropy": entropy}

@@ -1,0 +1,41 @@
+"""Shared test fixtures: the repo on sys.path, and a small pretrained model of the tiny world.
+
+The model is the tiny world's own build at toy size (a few hundred steps), cached like the real
+one, so tests exercise the same `from_pretrained` path as `python train.py`.
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared"
+
+TEST_BUILD_OVERRIDES = dict(steps=250, batch_size=32, hidden_size=64, intermediate_size=192,
+                            num_hidden_layers=2)
+
+
+@pytest.fixture(scope="session")
+def lm_dir() -> Path:
+    """HF-format directory of a toy-size tiny-world model (built once per machine)."""
+    from data.tiny_model import BUILD, build_model, model_dir
+    build = {**BUILD, **TEST_BUILD_OVERRIDES}
+    path = model_dir(0, build)
+    if not (path / "config.json").exists():
+        path.mkdir(parents=True, exist_ok=True)
+        build_model(path, 0, build, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def problem_files(tmp_path_factory) -> tuple[Path, Path]:
+    """Hard train / test JSONL files of tiny-world problems (for loop tests, not a real hard set)."""
+    from data.tiny_world import generate_problems
+    d = tmp_path_factory.mktemp("problems")
+    paths = d / "hard_train.jsonl", d / "hard_test.jsonl"
+    for path, seed in zip(paths, (1, 2)):
+        rows = generate_problems(8, 3, seed)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return paths

@@ -1,0 +1,235 @@
+"""Pins the SOAR loop: adapter isolation and exact restore, teacher parsing, promotion, config
+errors, a 4-bit step on CPU, and full runs of train.py (one outer step, resume, kill, report)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from models import adapter_state, load_adapter_state, load_model, make_optimizer, policy_gradient_step
+from teacher import parse_teacher_output, question_diversity
+
+ROOT = train.Path(__file__).resolve().parents[1]
+
+
+# ---- teacher parsing ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("<question>Compute 2+3.</question><answer>\\boxed{5}</answer>", ("Compute 2+3.", "5")),
+    ("I add the digits first. <question> What is 1/2 of 8? </question>\n<answer>So \\boxed{4}.</answer>",
+     ("What is 1/2 of 8?", "4")),
+    ("<question>Area?</question><answer>\\boxed{\\frac{3}{4}}</answer>", ("Area?", "\\frac{3}{4}")),
+])
+def test_teacher_parser_accepts_one_tagged_pair(text, expected):
+    pair = parse_teacher_output(text)
+    assert (pair["problem"], pair["answer"]) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    "Compute 2+3. \\boxed{5}",                                          # no tags
+    "<question>Compute 2+3.</question>",                                # no answer
+    "<question>Compute 2+3.</question><answer>5</answer>",              # answer not boxed
+    "<question></question><answer>\\boxed{5}</answer>",                 # empty question
+    "<question>Q1</question><answer>\\boxed{1}</answer><question>Q2</question><answer>\\boxed{2}</answer>",
+    "<answer>\\boxed{5}</answer><question>Compute 2+3.</question>",     # answer before question
+    "<question>Compute <question>2+3.</question><answer>\\boxed{5}</answer>",  # nested tag
+    "<question>Compute 2+3.</question><answer>\\boxed{}</answer>",      # empty box
+    "<question>Compute 2+3.</question><answer>\\boxed{5</answer>",      # unclosed box
+])
+def test_teacher_parser_rejects_malformed_and_adversarial_output(text):
+    assert parse_teacher_output(text) is None
+
+
+def test_diversity_counts_repeats():
+    assert question_diversity(["Compute 1+2.", "Compute 1+2."])["distinct"] == 0.5
+    varied = question_diversity([f"Compute {a}+{b}." for a in range(9) for b in range(9)])
+    same = question_diversity(["Compute 1+2."] * 81)
+    assert varied["ngram_entropy"] > same["ngram_entropy"]
+
+
+# ---- promotion ----------------------------------------------------------------------------------
+
+def test_promote_takes_best_dataset_and_its_median_copy():
+    rewards = [[0.0, 0.1, 0.2], [0.3, -0.1, 0.6], [0.1, 0.1, 0.1]]
+    copies = [["a0", "a1", "a2"], ["b0", "b1", "b2"], ["c0", "c1", "c2"]]
+    best, state = train.promote(rewards, copies)
+    assert best == 1 and state == "b0"  # dataset 1 has the best mean; its median reward is 0.3
+
+
+def test_moving_average_promotes_only_with_a_full_window_above_tau():
+    window, due = [], []
+    for reward in [0.05, 0.05, 0.05, -0.2, 0.0]:
+        window, moving_avg, promote_now = train.update_window(window, reward, size=3, tau=0.01)
+        due.append(promote_now)
+    assert due == [False, False, True, False, False]
+
+
+# ---- the shared model: adapters, isolation, restore ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def shared(lm_dir):
+    torch.manual_seed(0)
+    return load_model(str(lm_dir), "none", lora_rank=4, lora_alpha=8)
+
+
+def _one_update(model, tokenizer, role):
+    optimizer, scheduler = make_optimizer(model, role, 1e-2, total_steps=4)
+    prompt = tokenizer("User: hi\nAssistant:")["input_ids"]
+    return policy_gradient_step(model, role, optimizer, scheduler, [prompt, prompt],
+                                [[5, 6, 7], [8, 9]], torch.tensor([1.0, -1.0]), kl_coef=0.001,
+                                pad_token_id=tokenizer.pad_token_id, micro_batch=1,
+                                max_new_tokens=8)
+
+
+@pytest.mark.parametrize("trained, frozen", [("teacher", "student"), ("student", "teacher")])
+def test_training_one_role_leaves_the_other_bit_identical(shared, trained, frozen):
+    model, tokenizer = shared
+    before = {role: adapter_state(model, role) for role in (trained, frozen)}
+    assert _one_update(model, tokenizer, trained)["skipped"] == 0
+    after = {role: adapter_state(model, role) for role in (trained, frozen)}
+    assert all(torch.equal(before[frozen][k], after[frozen][k]) for k in before[frozen])
+    assert any(not torch.equal(before[trained][k], after[trained][k]) for k in before[trained])
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def test_a_student_copy_restores_the_baseline_exactly(shared):
+    model, tokenizer = shared
+    baseline = adapter_state(model, "student")
+    _one_update(model, tokenizer, "student")
+    assert any(not torch.equal(baseline[k], v) for k, v in adapter_state(model, "student").items())
+    load_adapter_state(model, "student", baseline)
+    restored = adapter_state(model, "student")
+    assert all(torch.equal(baseline[k], restored[k]) for k in baseline)
+
+
+def test_non_finite_loss_skips_the_update(shared):
+    model, tokenizer = shared
+    before = adapter_state(model, "student")
+    optimizer, scheduler = make_optimizer(model, "student", 1e-2, total_steps=4)
+    prompt = tokenizer("User: hi\nAssistant:")["input_ids"]
+    with pytest.warns(UserWarning, match="non-finite"):
+        stats = policy_gradient_step(model, "student", optimizer, scheduler, [prompt], [[5, 6]],
+                                     torch.tensor([float("nan")]), kl_coef=0.001,
+                                     pad_token_id=tokenizer.pad_token_id, micro_batch=1,
+                                     max_new_tokens=8)
+    assert stats["skipped"] == 1
+    after = adapter_state(model, "student")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_4bit_base_trains_lora_on_cpu(lm_dir):
+    model, tokenizer = load_model(str(lm_dir), "4bit", lora_rank=4, lora_alpha=8)
+    assert any("4bit" in type(m).__name__ for m in model.modules())
+    before = adapter_state(model, "student")
+    assert _one_update(model, tokenizer, "student")["skipped"] == 0
+    after = adapter_state(model, "student")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+# ---- the command line ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eval-samples", "4", "--ks", "1,8"], "k=8 is more than --eval-samples 4"),
+    (["--methods", "soar,magic"], "--methods: unknown magic"),
+    (["--g", "1"], "--g must be at least 2"),
+    (["--quant", "3bit"], "--quant"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_bad_settings_fail_with_a_message_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_config(argv)
+    assert exit_info.value.code != 0
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_model_fails_at_once_with_a_clear_message(tmp_path, problem_files):
+    train_file, test_file = problem_files
+    start = time.time()
+    with pytest.raises(SystemExit, match="not a preset"):
+        train.main(["--model", "no-such-model", "--out", str(tmp_path / "run"),
+                    "--hard-train", str(train_file), "--hard-test", str(test_file)])
+    assert time.time() - start < 20
+
+
+def _smoke_args(lm_dir, problem_files, out, *extra):
+    train_file, test_file = problem_files
+    return ["--model", str(lm_dir), "--smoke", "--out", str(out), "--hard-train", str(train_file),
+            "--hard-test", str(test_file), "--sample-every", "0", *extra]
+
+
+def test_one_outer_step_fills_the_run_directory(lm_dir, problem_files, tmp_path):
+    out = tmp_path / "run"
+    train.main(_smoke_args(lm_dir, problem_files, out, "--methods", "base,soar", "--outer-steps", "1"))
+    rows = train.read_jsonl(out / "seed0" / "soar" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0]
+    for key in ("dataset_rewards", "moving_avg", "promoted", "baseline_acc", "valid_rate", "times"):
+        assert key in rows[0]
+    config = json.loads((out / "config.json").read_text())
+    assert config["quant"] == "none" and config["chat_template"] == "off"
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["pass_at_k"]) == {"base", "soar_ps", "soar_pq"}
+    assert set(summary["pass_at_k"]["base"]) == {"1", "4"}
+    assert (out / "seed0" / "soar" / "adapters" / "teacher" / "adapter_config.json").exists()
+    assert (out / "report.md").exists()
+
+
+def test_an_existing_run_is_never_overwritten(lm_dir, problem_files, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match="already holds a run"):
+        train.main(_smoke_args(lm_dir, problem_files, out))
+    assert (out / "config.json").read_text() == "{}"
+
+
+def test_resumed_run_matches_an_uninterrupted_one(lm_dir, problem_files, tmp_path, monkeypatch):
+    args = ["--methods", "soar", "--outer-steps", "3"]
+    train.main(_smoke_args(lm_dir, problem_files, tmp_path / "full", *args))
+
+    original_log_step = train.log_step
+
+    def interrupt_after_step_1(row, bar):
+        original_log_step(row, bar)
+        if row["step"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "log_step", interrupt_after_step_1)
+    with pytest.raises(SystemExit, match="--resume"):
+        train.main(_smoke_args(lm_dir, problem_files, tmp_path / "cut", *args))
+    monkeypatch.setattr(train, "log_step", original_log_step)
+    train.main(["--resume", str(tmp_path / "cut")])
+
+    def comparable(run):
+        rows = train.read_jsonl(tmp_path / run / "seed0" / "soar" / "metrics.jsonl")
+        return [{k: v for k, v in r.items() if k != "times"} for r in rows]
+
+    assert [r["step"] for r in comparable("cut")] == [0, 1, 2]
+    assert comparable("cut") == comparable("full")
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())["pass_at_k"]
+    cut = json.loads((tmp_path / "cut" / "summary.json").read_text())["pass_at_k"]
+    assert cut == full
+
+
+def test_sigkill_mid_run_loses_at_most_the_step_in_progress(lm_dir, problem_files, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"),
+           *_smoke_args(lm_dir, problem_files, out, "--methods", "soar", "--outer-steps", "4")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "seed0" / "soar" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(train.read_jsonl(metrics)) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(train.read_jsonl(metrics)) >= 2, "the run never got through two steps"
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--resume", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["step"] for r in train.read_jsonl(metrics)] == [0, 1, 2, 3]
+    assert (out / "summary.json").exists()

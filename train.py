@@ -1,0 +1,653 @@
+"""SOAR on one GPU (arXiv 2601.18778): a teacher writes problems, a student learns from them by RL,
+and the teacher is rewarded by the student's measured improvement on problems the base model
+never solves. Everything runs in one process on one shared base model with two LoRA adapters.
+
+    python train.py                      # the built-in tiny world: SOAR vs baselines on a CPU
+    python train.py --model small        # Qwen2.5-1.5B-Instruct, 4-bit, needs a built hard set
+    python train.py --resume runs/tiny   # continue a run from its last complete step
+    python train.py report runs/tiny     # plots and a Markdown report of a run
+
+Read top to bottom: the config, then the outer loop (teacher sampling -> grounded reward ->
+promotion -> teacher update), then the students trained from scratch for evaluation, then
+evaluation and the summary. The inner loop (student RLOO) is in student.py, the teacher's
+sampling and update in teacher.py, the answer checker and pass@k in rewards.py.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import random
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from models import (ModelUnavailable, adapter_state, load_adapter_state, load_model,
+                    make_optimizer, resolve_model, save_adapter, timed)
+from rewards import learnability, pass_at_k
+from student import correct_counts, greedy_accuracy, rloo_step, train_student
+from teacher import question_diversity, sample_pairs, teacher_update
+
+
+# ---- config: every setting is a flag; presets only change defaults ------------------------------
+
+def setting(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    # what to run
+    model: str = setting("tiny", "preset (tiny, small, paper), local HF model dir, or hub id")
+    out: str = setting("runs/tiny", "run directory")
+    seed: int = setting(0, "first seed; seeds are seed, seed+1, ...")
+    seeds: int = setting(3, "how many seeds (mean and SD in the table)")
+    methods: str = setting("base,soar,hard_only,intrinsic_t",
+                           "comma list of: base, soar (gives soar_ps and soar_pq), hard_only, "
+                           "intrinsic_t, base_t")
+    hard_train: str = setting("", "hard train set (JSONL, problem/answer); default: the built one")
+    hard_test: str = setting("", "hard test set (JSONL); default: the built one")
+    dataset: str = setting("math", "which built hard set to use when --hard-train is not given")
+    hard_dir: str = setting("hard_sets", "where data.build_hard writes hard sets")
+    # the model
+    quant: str = setting("auto", "4bit, 8bit or none; auto = 4bit on GPU for hub models, else none")
+    lora_rank: int = setting(16, "LoRA rank of both adapters")
+    lora_alpha: int = setting(32, "LoRA alpha")
+    chat_template: str = setting("auto", "on, off or auto (on when the tokenizer has one)")
+    # outer loop (teacher)
+    outer_steps: int = setting(50, "teacher steps (paper: up to 200)")
+    g: int = setting(4, "datasets per teacher step (paper 4)")
+    n: int = setting(32, "questions per dataset (paper 64)")
+    r: int = setting(2, "student copies trained per dataset (paper 4)")
+    q_r: int = setting(32, "hard-train questions in Q_R, redrawn each step (paper 64)")
+    tau: float = setting(0.01, "promotion threshold on the moving-average reward (paper 0.01)")
+    ma_window: int = setting(3, "moving-average window of the teacher reward (paper 3)")
+    promotion_extra_steps: int = setting(5, "extra inner steps once a student has been promoted (paper 5)")
+    teacher_lr: float = setting(1e-4, "teacher LoRA learning rate (paper 1e-5, full fine-tuning)")
+    teacher_warmup: int = setting(20, "teacher warm-up steps (paper 20)")
+    teacher_max_tokens: int = setting(384, "teacher max new tokens (paper 512)")
+    teacher_max_rounds: int = setting(4, "rejection-sampling rounds for valid teacher pairs")
+    intrinsic_samples: int = setting(8, "student answers per question for the Intrinsic-T reward (paper 32)")
+    # inner loop (student)
+    inner_steps: int = setting(10, "student RLOO steps per copy (paper 10)")
+    student_batch: int = setting(8, "questions per student step (paper 8)")
+    group_size: int = setting(8, "answers per question, G (paper 32)")
+    student_lr: float = setting(1e-4, "student LoRA learning rate (paper 1e-5, full fine-tuning)")
+    student_max_tokens: int = setting(512, "student max new tokens (paper 1024)")
+    temperature: float = setting(1.0, "sampling temperature of both roles (paper 1.0)")
+    kl_coef: float = setting(0.001, "KL penalty to the base model (paper 0.001)")
+    reward: str = setting("binary", "student reward: binary or shaped (the paper's printed shaping)")
+    # students trained from scratch for evaluation
+    fresh_steps: int = setting(64, "RLOO steps on the hard train set (Hard-Only, and after PQ)")
+    pq_steps: int = setting(64, "RLOO steps on PQ / teacher-sampled questions before the hard set")
+    sampled_questions: int = setting(128, "questions sampled from a teacher for Base-T / Intrinsic-T (paper 128)")
+    probe_every: int = setting(8, "fresh students: greedy hard-train accuracy every this many steps")
+    # evaluation
+    eval_samples: int = setting(32, "samples per hard-test problem for pass@k (paper 32)")
+    ks: str = setting("1,4,8,16,32", "k values of pass@k")
+    # engineering
+    micro_batch: int = setting(16, "rows per forward/backward in training (memory bound)")
+    sample_batch: int = setting(128, "rows decoded at once by the sampler (memory bound)")
+    check_timeout: float = setting(5.0, "seconds an answer check may take (then: wrong)")
+    sample_every: int = setting(5, "print a teacher question and student answer every N steps")
+
+    @property
+    def use_chat_template(self) -> bool:
+        return self.chat_template == "on"
+
+
+# Defaults per preset (flags still win). `small` and `paper` fit one 24 GB GPU in 4-bit.
+PRESETS = {
+    "tiny": dict(quant="none", chat_template="off"),
+    "small": dict(out="runs/small", methods="base,soar,hard_only"),
+    "paper": dict(out="runs/paper", methods="base,soar,hard_only"),
+}
+# --smoke: the same pipeline at toy sizes (every method, the table, summary.json, the plots).
+SMOKE = dict(seeds=1, outer_steps=2, g=2, n=4, r=1, q_r=4, inner_steps=1, student_batch=2,
+             group_size=2, teacher_max_tokens=48, student_max_tokens=48, fresh_steps=2,
+             pq_steps=1, sampled_questions=4, eval_samples=4, ks="1,4", intrinsic_samples=2,
+             probe_every=1, methods="base,soar,hard_only,intrinsic_t,base_t")
+ALL_METHODS = ("base", "soar", "hard_only", "intrinsic_t", "base_t")
+
+
+def parse_config(argv) -> tuple[Config, bool]:
+    """Flags -> Config; returns (config, resuming)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(flag, type=type(f.default), default=None,
+                            help=f"{f.metadata['help']} (default: {f.default!r}, presets may change it)")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes, every method, in minutes")
+    parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
+    args = parser.parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("smoke", "resume")}
+    if args.resume:
+        if given:
+            parser.error(f"--resume takes its settings from {args.resume}/config.json; "
+                         f"drop {', '.join('--' + k.replace('_', '-') for k in given)}")
+        path = Path(args.resume) / "config.json"
+        try:
+            return Config(**json.loads(path.read_text())), True
+        except (OSError, ValueError, TypeError) as e:
+            parser.error(f"--resume {args.resume}: cannot read {path} ({e})")
+    model = given.get("model", Config.model)
+    values = {**PRESETS.get(model, {}), **(SMOKE if args.smoke else {}), **given}
+    if args.smoke and "out" not in given:
+        values["out"] = "runs/smoke"
+    cfg = Config(**values)
+    problem = config_problem(cfg)
+    if problem:
+        parser.error(problem)
+    return cfg, False
+
+
+def config_problem(cfg: Config) -> str | None:
+    """The first impossible setting, as a message naming the flag, or None."""
+    methods = cfg.methods.split(",")
+    bad = [m for m in methods if m not in ALL_METHODS]
+    if bad:
+        return f"--methods: unknown {', '.join(bad)} (choose from {', '.join(ALL_METHODS)})"
+    try:
+        ks = [int(k) for k in cfg.ks.split(",")]
+    except ValueError:
+        return f"--ks: expected comma-separated integers, got {cfg.ks!r}"
+    if max(ks) > cfg.eval_samples:
+        return f"--ks: k={max(ks)} is more than --eval-samples {cfg.eval_samples}"
+    if cfg.quant not in ("auto", "4bit", "8bit", "none"):
+        return f"--quant: {cfg.quant!r} is not one of auto, 4bit, 8bit, none"
+    if cfg.chat_template not in ("auto", "on", "off"):
+        return f"--chat-template: {cfg.chat_template!r} is not one of auto, on, off"
+    if cfg.reward not in ("binary", "shaped"):
+        return f"--reward: {cfg.reward!r} is not one of binary, shaped"
+    positive = ["seeds", "outer_steps", "g", "n", "r", "q_r", "inner_steps", "student_batch",
+                "group_size", "eval_samples", "micro_batch", "sample_batch", "ma_window",
+                "teacher_max_rounds", "teacher_max_tokens", "student_max_tokens"]
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            return f"--{name.replace('_', '-')} must be at least 1"
+    if cfg.g < 2:
+        return "--g must be at least 2: the teacher's RLOO baseline needs another dataset"
+    if cfg.group_size < 2:
+        return "--group-size must be at least 2: RLOO's baseline needs another answer"
+    return None
+
+
+# ---- the run directory: JSONL logs and atomic checkpoints ---------------------------------------
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
+        if path.exists() else []
+
+
+def atomic_save(obj, path: Path) -> None:
+    """Write then rename: a kill at any moment leaves the old checkpoint or the new one, never half."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path):
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise SystemExit(f"error: checkpoint {path} is corrupt ({type(e).__name__}: {e}); "
+                         "delete it to restart that part of the run") from None
+
+
+def keep_logged_steps(path: Path, last_step: int) -> None:
+    """Drop metrics lines of a step that was logged but never checkpointed (killed in between)."""
+    rows = [r for r in read_jsonl(path) if r["step"] <= last_step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def rng_state(generator: torch.Generator, rng: random.Random) -> dict:
+    return {"torch": generator.get_state(), "python": rng.getstate()}
+
+
+def set_rng_state(generator: torch.Generator, rng: random.Random, state: dict) -> None:
+    generator.set_state(state["torch"])
+    rng.setstate(state["python"])
+
+
+class World:
+    """What every stage of a run shares: the model, its tokenizer, the data, the config."""
+
+    def __init__(self, cfg: Config, model, tokenizer, hard_train, hard_test):
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.hard_train, self.hard_test = hard_train, hard_test
+        self.fresh_student = adapter_state(model, "student")  # LoRA B = 0: the base model
+        self.fresh_teacher = adapter_state(model, "teacher")
+        self.quality = None
+        if cfg.model == "tiny":  # the tiny world can grade any question exactly
+            from data.tiny_world import check_question
+            self.quality = check_question
+
+
+# ---- the outer loop: one teacher (grounded = SOAR, or intrinsic) --------------------------------
+
+def grounded_rewards(w: World, datasets, q_r, baseline, baseline_acc, steps, generator, rng, times):
+    """R_kj = greedy accuracy on Q_R after training copy j on X_k, minus the baseline's.
+
+    Every copy starts from the baseline student and is thrown away afterwards; we keep the
+    weights of the copies of the best dataset so far, in case it gets promoted.
+    """
+    rewards, copies = [], []
+    for data in datasets:
+        r_k, states = [], []
+        for _ in range(w.cfg.r):
+            load_adapter_state(w.model, "student", baseline)
+            train_student(w.model, w.tokenizer, data, steps, w.cfg, generator, rng, times)
+            r_k.append(greedy_accuracy(w.model, w.tokenizer, q_r, w.cfg, times) - baseline_acc)
+            states.append(adapter_state(w.model, "student"))
+        rewards.append(r_k)
+        copies.append(states)
+    load_adapter_state(w.model, "student", baseline)
+    return rewards, copies
+
+
+def intrinsic_rewards(w: World, datasets, generator, times):
+    """Intrinsic-T's "learnability": per question 1 - s if the baseline student's success rate s
+    is above 0, else 0; a dataset's reward is the mean. No student is trained."""
+    rewards = []
+    for data in datasets:
+        with timed(times, "eval"):
+            counts = correct_counts(w.model, w.tokenizer, data, w.cfg.intrinsic_samples, w.cfg,
+                                    generator)
+        rewards.append([statistics.mean(learnability(c / w.cfg.intrinsic_samples) for c in counts)])
+    return rewards, None
+
+
+def update_window(window: list[float], mean_reward: float, size: int, tau: float):
+    """Moving average of the teacher reward; a promotion is due when a full window clears tau."""
+    window = (window + [mean_reward])[-size:]
+    moving_avg = statistics.mean(window)
+    return window, moving_avg, len(window) == size and moving_avg > tau
+
+
+def promote(rewards: list[list[float]], copies) -> tuple[int, dict]:
+    """The best dataset k* and, of its copies, the one with the median reward."""
+    means = [statistics.mean(r) for r in rewards]
+    best = max(range(len(means)), key=means.__getitem__)
+    order = sorted(range(len(rewards[best])), key=rewards[best].__getitem__)
+    return best, copies[best][order[(len(order) - 1) // 2]]
+
+
+def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
+    """SOAR's outer loop (method "soar"), or the same loop with the intrinsic reward ("intrinsic").
+
+    Returns the final state: teacher and baseline-student adapters and the promoted questions.
+    """
+    cfg, model, tokenizer = w.cfg, w.model, w.tokenizer
+    grounded = method == "soar"
+    generator = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    optimizer, scheduler = make_optimizer(model, "teacher", cfg.teacher_lr, cfg.outer_steps,
+                                          cfg.teacher_warmup)
+    state = {"step": 0, "teacher": w.fresh_teacher, "baseline": w.fresh_student, "window": [],
+             "n_promotions": 0, "promoted_questions": []}
+    ckpt = load_checkpoint(job / "checkpoint.pt")
+    if ckpt is not None:
+        state = ckpt["state"]
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(generator, rng, ckpt["rng"])
+    keep_logged_steps(job / "metrics.jsonl", state["step"])
+    load_adapter_state(model, "teacher", state["teacher"])
+    load_adapter_state(model, "student", state["baseline"])
+
+    bar = tqdm(range(state["step"], cfg.outer_steps), desc=f"seed {seed} {method} teacher",
+               initial=state["step"], total=cfg.outer_steps, dynamic_ncols=True)
+    for step in bar:
+        times = {}
+        # 1. g*n valid (question, answer) pairs from the teacher, split into g datasets.
+        pairs, drawn = sample_pairs(model, tokenizer, cfg.g * cfg.n, cfg, generator, times)
+        for rec in drawn:
+            append_jsonl(job / "questions.jsonl", {"step": step, **rec})
+        valid_rate = len(pairs) / len(drawn)
+        if len(pairs) < cfg.g:
+            tqdm.write(f"step {step}: only {len(pairs)} valid teacher pairs; no update this step")
+            datasets = None
+        else:
+            size = len(pairs) // cfg.g
+            datasets = [pairs[k * size:(k + 1) * size] for k in range(cfg.g)]
+
+        # 2-3. the reward of each dataset
+        q_r = rng.sample(w.hard_train, min(cfg.q_r, len(w.hard_train)))
+        baseline_acc = greedy_accuracy(model, tokenizer, q_r, cfg, times)
+        promoted, best = False, None
+        if datasets is not None:
+            if grounded:
+                steps = cfg.inner_steps + (cfg.promotion_extra_steps if state["n_promotions"] else 0)
+                rewards, copies = grounded_rewards(w, datasets, q_r, state["baseline"], baseline_acc,
+                                                   steps, generator, rng, times)
+            else:
+                rewards, copies = intrinsic_rewards(w, datasets, generator, times)
+            dataset_rewards = [statistics.mean(r) for r in rewards]
+
+            # 4. promotion: when the moving average of the mean reward clears tau, the median copy
+            # of the best dataset becomes the baseline and that dataset joins PQ.
+            state["window"], moving_avg, due = update_window(
+                state["window"], statistics.mean(dataset_rewards), cfg.ma_window, cfg.tau)
+            if grounded and due:
+                best, state["baseline"] = promote(rewards, copies)
+                load_adapter_state(model, "student", state["baseline"])
+                state["promoted_questions"] += [{"problem": p["problem"], "answer": p["answer"],
+                                                 "step": step} for p in datasets[best]]
+                state["n_promotions"] += 1
+                # Later rewards are measured against the new baseline: start a fresh average.
+                state["window"] = []
+                promoted = True
+
+            # 5. the teacher's RLOO update across the g datasets
+            with timed(times, "train"):
+                update = teacher_update(model, tokenizer, optimizer, scheduler, datasets,
+                                        dataset_rewards, cfg)
+        else:
+            dataset_rewards, moving_avg, update = [], None, {"loss": None, "skipped": 1}
+
+        questions = [p["problem"] for p in pairs]
+        row = {"method": method, "seed": seed, "step": step, "dataset_rewards": dataset_rewards,
+               "mean_reward": statistics.mean(dataset_rewards) if dataset_rewards else None,
+               "moving_avg": moving_avg, "promoted": promoted, "promoted_dataset": best,
+               "n_promotions": state["n_promotions"],
+               "n_promoted_questions": len(state["promoted_questions"]),
+               "baseline_acc": baseline_acc, "valid_rate": valid_rate,
+               "teacher_loss": update["loss"], "diversity": question_diversity(questions),
+               "times": {k: round(v, 3) for k, v in times.items()}}
+        if pairs:
+            row |= {"sample_question": pairs[0]["problem"], "sample_answer": pairs[0]["answer"]}
+        if w.quality and pairs:
+            row["quality"] = question_quality(w, pairs)
+        state["teacher"] = adapter_state(model, "teacher")
+        state["step"] = step + 1
+        append_jsonl(job / "metrics.jsonl", row)
+        atomic_save({"state": state, "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "rng": rng_state(generator, rng)},
+                    job / "checkpoint.pt")
+        log_step(row, bar)
+        if cfg.sample_every and step % cfg.sample_every == 0 and pairs:
+            show_sample(w, pairs[0])
+
+    write_jsonl(job / "promoted_questions.jsonl", state["promoted_questions"])
+    save_adapter(model, "teacher", state["teacher"], job / "adapters" / "teacher")
+    save_adapter(model, "student", state["baseline"], job / "adapters" / "student_baseline")
+    return state
+
+
+def write_jsonl(path: Path, rows) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def question_quality(w: World, pairs) -> dict:
+    """Tiny world only: share of well-posed questions and of correct teacher answers."""
+    checks = [w.quality(p["problem"], p["answer"]) for p in pairs]
+    return {"well_posed": statistics.mean(c["well_posed"] for c in checks),
+            "correct": statistics.mean(c["correct"] for c in checks)}
+
+
+def log_step(row: dict, bar) -> None:
+    fmt = lambda x: "  -  " if x is None else f"{x:+.3f}"  # noqa: E731
+    t = row["times"]
+    bar.write(f"[{row['method']} s{row['seed']} step {row['step']:3d}] reward {fmt(row['mean_reward'])} "
+              f"ma {fmt(row['moving_avg'])} valid {row['valid_rate']:.2f} "
+              f"base_acc {row['baseline_acc']:.3f} promoted {'YES' if row['promoted'] else 'no '} "
+              f"(total {row['n_promotions']}) | gen {t.get('teacher_sample', 0) + t.get('student_sample', 0):.1f}s "
+              f"check {t.get('check', 0):.1f}s train {t.get('train', 0):.1f}s eval {t.get('eval', 0):.1f}s")
+
+
+def show_sample(w: World, pair: dict) -> None:
+    from student import answer
+    response = answer(w.model, w.tokenizer, [pair], w.cfg, n=1, temperature=0.0)[0]
+    tqdm.write(f"  teacher Q: {pair['problem'][:300]!r} A: {pair['answer']!r}\n"
+               f"  student:   {response[:300]!r}")
+
+
+# ---- students trained from scratch, for evaluation ----------------------------------------------
+
+def train_fresh_student(w: World, name: str, seed: int, phases: list[tuple[list[dict], int]],
+                        job: Path) -> dict:
+    """A fresh student (the base model's LoRA) trained by RLOO on each (problems, steps) phase in
+    turn: Hard-Only is [(hard_train, fresh_steps)], SOAR-PQ is [(PQ, pq_steps), (hard_train, ...)]."""
+    cfg, model, tokenizer = w.cfg, w.model, w.tokenizer
+    total = sum(steps for _, steps in phases)
+    generator = torch.Generator().manual_seed(seed + 1000)
+    rng = random.Random(seed + 1000)
+    optimizer, scheduler = make_optimizer(model, "student", cfg.student_lr, total)
+    step, student = 0, w.fresh_student
+    ckpt = load_checkpoint(job / "checkpoint.pt")
+    if ckpt is not None:
+        step, student = ckpt["step"], ckpt["student"]
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(generator, rng, ckpt["rng"])
+    keep_logged_steps(job / "metrics.jsonl", step - 1)
+    load_adapter_state(model, "student", student)
+    schedule = [problems for problems, steps in phases for _ in range(steps)]
+    probe = random.Random(seed).sample(w.hard_train, min(cfg.q_r, len(w.hard_train)))
+    for step in tqdm(range(step, total), desc=f"seed {seed} {name} student", initial=step,
+                     total=total, dynamic_ncols=True):
+        times = {}
+        batch = rng.sample(schedule[step], min(cfg.student_batch, len(schedule[step])))
+        stats = rloo_step(model, tokenizer, optimizer, scheduler, batch, cfg, generator, times)
+        row = {"method": name, "seed": seed, "step": step, "train_reward": stats["reward"],
+               "skipped": stats["skipped"], "times": {k: round(v, 3) for k, v in times.items()}}
+        if (step + 1) % cfg.probe_every == 0 or step + 1 == total:
+            row["hard_train_acc"] = greedy_accuracy(model, tokenizer, probe, cfg, row["times"])
+        append_jsonl(job / "metrics.jsonl", row)
+        atomic_save({"step": step + 1, "student": adapter_state(model, "student"),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "rng": rng_state(generator, rng)}, job / "checkpoint.pt")
+    return adapter_state(model, "student")
+
+
+def sample_teacher_questions(w: World, teacher: dict, seed: int, job: Path) -> list[dict]:
+    """`sampled_questions` valid questions from a teacher (Base-T, Intrinsic-T), saved for reuse."""
+    path = job / "sampled_questions.jsonl"
+    if path.exists():
+        return read_jsonl(path)
+    load_adapter_state(w.model, "teacher", teacher)
+    pairs, _ = sample_pairs(w.model, w.tokenizer, w.cfg.sampled_questions, w.cfg,
+                            torch.Generator().manual_seed(seed + 2000), {})
+    questions = [{"problem": p["problem"], "answer": p["answer"]} for p in pairs]
+    write_jsonl(path, questions)
+    return questions
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+
+def evaluate(w: World, student: dict | None, name: str, seed: int, job: Path) -> dict:
+    """pass@k on the hard test set from eval_samples answers per problem (None = base model)."""
+    result_path = job / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    load_adapter_state(w.model, "student", student if student is not None else w.fresh_student)
+    counts = correct_counts(w.model, w.tokenizer, w.hard_test, w.cfg.eval_samples, w.cfg,
+                            torch.Generator().manual_seed(seed + 3000),
+                            progress=f"seed {seed} eval {name}")
+    ks = [int(k) for k in w.cfg.ks.split(",")]
+    result = {"method": name, "seed": seed, "correct_counts": counts,
+              "pass_at_k": {str(k): statistics.mean(pass_at_k(w.cfg.eval_samples, c, k)
+                                                     for c in counts) for k in ks}}
+    job.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def run_seed(w: World, seed: int, run_dir: Path) -> dict:
+    """Every requested method for one seed; returns {method: pass@k result}."""
+    cfg = w.cfg
+    methods = cfg.methods.split(",")
+    sd = run_dir / f"seed{seed}"
+    for name in ("base", "soar", "soar_ps", "soar_pq", "hard_only", "intrinsic", "intrinsic_t",
+                 "base_t"):
+        (sd / name).mkdir(parents=True, exist_ok=True)
+    hard = [(w.hard_train, cfg.fresh_steps)]
+    results = {}
+    if "base" in methods:
+        results["base"] = evaluate(w, None, "base", seed, sd / "base")
+    if "soar" in methods:
+        soar = run_teacher(w, "soar", seed, sd / "soar")
+        results["soar_ps"] = evaluate(w, soar["baseline"], "soar_ps", seed, sd / "soar_ps")
+        pq = soar["promoted_questions"]
+        phases = ([(pq, cfg.pq_steps)] if pq else []) + hard
+        student = train_fresh_student(w, "soar_pq", seed, phases, sd / "soar_pq")
+        results["soar_pq"] = evaluate(w, student, "soar_pq", seed, sd / "soar_pq")
+    if "hard_only" in methods:
+        student = train_fresh_student(w, "hard_only", seed, hard, sd / "hard_only")
+        results["hard_only"] = evaluate(w, student, "hard_only", seed, sd / "hard_only")
+    for name, teacher in (("intrinsic_t", None), ("base_t", w.fresh_teacher)):
+        if name not in methods:
+            continue
+        if teacher is None:
+            teacher = run_teacher(w, "intrinsic", seed, sd / "intrinsic")["teacher"]
+        questions = sample_teacher_questions(w, teacher, seed, sd / name)
+        student = train_fresh_student(w, name, seed, [(questions, cfg.pq_steps)] + hard, sd / name)
+        results[name] = evaluate(w, student, name, seed, sd / name)
+    return results
+
+
+# ---- summary: the pass@k table over seeds, and what the teachers wrote --------------------------
+
+METHOD_ORDER = ("base", "hard_only", "soar_ps", "soar_pq", "intrinsic_t", "base_t")
+QUESTION_SETS = {"soar_pq": "soar/promoted_questions.jsonl",
+                 "intrinsic_t": "intrinsic_t/sampled_questions.jsonl",
+                 "base_t": "base_t/sampled_questions.jsonl"}
+
+
+def mean_sd(values: list[float]) -> dict:
+    return {"mean": statistics.mean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "n_seeds": len(values)}
+
+
+def pass_at_k_table(per_seed: dict[int, dict]) -> dict:
+    """{method: {k: {"mean", "sd", "n_seeds"}}} over the seeds that have the method."""
+    table = {}
+    for method in METHOD_ORDER:
+        runs = [results[method]["pass_at_k"] for results in per_seed.values() if method in results]
+        if runs:
+            table[method] = {k: mean_sd([r[k] for r in runs]) for k in runs[0]}
+    return table
+
+
+def question_analysis(w: World, run_dir: Path, seeds) -> dict:
+    """Per question set (PQ, Intrinsic-T's and Base-T's samples): size and diversity, and in the
+    tiny world the exact share of well-posed questions and of correct answers."""
+    analysis = {}
+    for name, rel in QUESTION_SETS.items():
+        per_seed = [read_jsonl(run_dir / f"seed{s}" / rel) for s in seeds]
+        per_seed = [qs for qs in per_seed if qs]
+        if not per_seed:
+            continue
+        stats = [{"n": len(qs), **question_diversity([q["problem"] for q in qs]),
+                  **(question_quality(w, qs) if w.quality else {})} for qs in per_seed]
+        analysis[name] = {key: mean_sd([s[key] for s in stats]) for key in stats[0]}
+    return analysis
+
+
+def print_table(table: dict) -> None:
+    ks = list(next(iter(table.values())).keys()) if table else []
+    print("\npass@k (%) on the hard test set, mean ± SD over seeds")
+    print(f"{'method':<12}" + "".join(f"{'@' + k:>14}" for k in ks) + "   seeds")
+    for method, row in table.items():
+        cells = "".join(f"{100 * row[k]['mean']:>8.1f} ± {100 * row[k]['sd']:<4.1f}" for k in ks)
+        print(f"{method:<12}{cells}   {row[ks[0]]['n_seeds']}")
+
+
+# ---- main ---------------------------------------------------------------------------------------
+
+def load_hard_sets(cfg: Config) -> tuple[list[dict], list[dict]]:
+    if cfg.hard_train or cfg.hard_test:
+        if not (cfg.hard_train and cfg.hard_test):
+            raise SystemExit("error: give both --hard-train and --hard-test")
+        from data.benchmarks import load_problems
+        return load_problems(cfg.hard_train), load_problems(cfg.hard_test)
+    if cfg.model == "tiny":
+        from data.tiny_model import tiny_hard_set
+        return tiny_hard_set()
+    from data.build_hard import hard_set_paths
+    train_path, test_path = hard_set_paths(cfg.hard_dir, cfg.model, cfg.dataset)
+    if not train_path.exists():
+        raise SystemExit(
+            f"error: no hard set for --model {cfg.model} --dataset {cfg.dataset} in {cfg.hard_dir}/. "
+            f"Build it first (long: k samples per problem):\n"
+            f"  python -m data.build_hard --model {cfg.model} --dataset {cfg.dataset} --k 128\n"
+            f"or pass your own files with --hard-train FILE --hard-test FILE")
+    from data.benchmarks import load_problems
+    return load_problems(str(train_path)), load_problems(str(test_path))
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """A new run needs an empty (or new) directory we can write to; never overwrite a run."""
+    if (run_dir / "config.json").exists():
+        raise SystemExit(f"error: {run_dir} already holds a run; continue it with "
+                         f"`python train.py --resume {run_dir}` or choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(f"error: --out {run_dir} is not writable ({e.strerror})") from None
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["report"]:
+        if len(argv) != 2:
+            raise SystemExit("usage: python train.py report RUN_DIR")
+        from report import write_report
+        for path in write_report(Path(argv[1])):
+            print(path)
+        return
+    cfg, resuming = parse_config(argv)
+    run_dir = Path(cfg.out)
+    if not resuming:
+        prepare_run_dir(run_dir)
+    try:
+        path = resolve_model(cfg.model)  # fails at once when the model cannot be had
+    except ModelUnavailable as e:
+        raise SystemExit(f"error: {e}") from None
+    hard_train, hard_test = load_hard_sets(cfg)
+    if cfg.quant == "auto":
+        cfg.quant = "4bit" if torch.cuda.is_available() and cfg.model != "tiny" else "none"
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_model(path, cfg.quant, cfg.lora_rank, cfg.lora_alpha)
+    if cfg.chat_template == "auto":
+        cfg.chat_template = "on" if tokenizer.chat_template else "off"
+    if not resuming:
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    w = World(cfg, model, tokenizer, hard_train, hard_test)
+    print(f"model {cfg.model}: hard train {len(hard_train)}, hard test {len(hard_test)} problems; "
+          f"run directory {run_dir}")
+    seeds = range(cfg.seed, cfg.seed + cfg.seeds)
+    try:
+        per_seed = {seed: run_seed(w, seed, run_dir) for seed in seeds}
+    except KeyboardInterrupt:
+        raise SystemExit(f"\ninterrupted: every completed step is saved; continue with "
+                         f"`python train.py --resume {run_dir}`") from None
+    table = pass_at_k_table(per_seed)
+    summary = {"pass_at_k": table, "question_analysis": question_analysis(w, run_dir, seeds),
+               "config": dataclasses.asdict(cfg)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    print_table(table)
+    from report import write_report
+    write_report(run_dir)
+    print(f"\nsummary: {run_dir / 'summary.json'}   report: {run_dir / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
