@@ -174,14 +174,14 @@ def sample_chunk(model, prompt_ids, prompt_of_row, max_new_tokens, temperature, 
         token = draw(logits, temperature, generator)
         tokens[live, step] = token
         token_logprobs[live, step] = torch.log_softmax(logits.float(), -1).gather(-1, token[:, None]).squeeze(-1)
-        done = torch.isin(token, eos)
-        lengths[live[done]] = step + 1
         if step == max_new_tokens - 1:
             break
-        keep = (~done).nonzero().squeeze(-1)
-        if len(keep) == 0:
-            break
-        if len(keep) < len(live):
+        done = torch.isin(token, eos)
+        if done.any():
+            lengths[live[done]] = step + 1
+            keep = (~done).nonzero().squeeze(-1)
+            if len(keep) == 0:
+                break
             cache.batch_select_indices(keep)
             live, token, mask, next_position = live[keep], token[keep], mask[keep], next_position[keep]
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
@@ -193,7 +193,7 @@ def sample_chunk(model, prompt_ids, prompt_of_row, max_new_tokens, temperature, 
     tokens, token_logprobs, lengths = tokens.cpu(), token_logprobs.cpu(), lengths.tolist()
     completions = [tokens[r, :lengths[r]].tolist() for r in range(rows)]
     logprobs = [token_logprobs[r, :lengths[r]].clone() for r in range(rows)]
-    finished = [bool(len(c)) and c[-1] in eos_token_ids for c in completions]
+    finished = [c[-1] in eos_token_ids for c in completions]
     return completions, logprobs, finished
 
 
