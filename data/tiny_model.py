@@ -1,0 +1,258 @@
+"""The `tiny` model: a small Llama pretrained from scratch on the tiny world, and its hard set.
+
+`tiny_model_path(seed)` returns a Hugging Face format directory (model + tokenizer) that it builds
+on first use and caches under $SOAR_CACHE or ~/.cache/soar, keyed by a hash of every build setting
+(the prompts included), so that changing anything rebuilds. The corpus uses the exact prompts of
+the loop (`models.encode_prompt` with `student.student_message` / `teacher.TEACHER_INSTRUCTION`),
+so the pretrained model is already a student that adds short numbers and a teacher that writes
+`<question>...</question><answer>\\boxed{...}</answer>` pairs. It is taught to add numbers of up to
+STUDENT_DIGITS digits (and, rarely, one digit more); longer sums are the hard problems.
+`tiny_hard_set(seed)` keeps the long problems it solves 0 times in 128 samples (data/build_hard.py,
+the same fail@k filter as the real datasets), split 50/50 into hard train and hard test.
+"""
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from data import tiny_world
+
+VERSION = 1  # bump when the build changes in a way the settings below do not show
+
+BUILD = {
+    # corpus: the share of student examples, and the difficulty mixes of each role
+    "p_student": 0.7,
+    "student_digits": {1: 0.08, 2: 0.17, 3: 0.4, 4: 0.22, 5: 0.1, 6: 0.03},
+    "teacher_digits": {1: 0.06, 2: 0.16, 3: 0.28, 4: 0.2, 5: 0.14, 6: 0.09, 7: 0.05, 8: 0.02},
+    "teacher_max_working_digits": 3,  # longer teacher problems come without working
+    "p_unequal": 0.3,
+    "p_working": 0.25, "p_wrong": 0.35, "p_ill_posed": 0.06,
+    # tokenizer and model
+    "vocab_size": 640,
+    "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+    "max_position_embeddings": 256,
+    # optimisation
+    "steps": 1500, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100, "weight_decay": 0.01,
+}
+# the hard set: candidates of these lengths, kept if solved 0 times in k samples (temperature 1)
+HARD = {"digits": [6], "candidates_per_digit": 192, "k": 128, "max_new_tokens": 80,
+        "batch_size": 512}
+
+BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SOAR_CACHE") or Path.home() / ".cache" / "soar")
+
+
+def build_key(seed: int, build: dict) -> str:
+    """Hash of everything the build depends on: settings, prompts, seed, version."""
+    import student
+    import teacher
+    spec = {"version": VERSION, "seed": seed, "build": build,
+            "student_instruction": student.student_message("{problem}"),
+            "teacher_instruction": teacher.TEACHER_INSTRUCTION}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_dir(seed: int, build: dict) -> Path:
+    return cache_root() / "tiny" / f"seed{seed}-{build_key(seed, build)}"
+
+
+# ---- corpus ------------------------------------------------------------------------------------
+
+def _draw(rng: random.Random, mix: dict) -> int:
+    return rng.choices(list(mix), weights=list(mix.values()))[0]
+
+
+def corpus_example(rng: random.Random, build: dict) -> tuple[str, str]:
+    """(user message, completion) of one pretraining example, student or teacher role."""
+    import student
+    import teacher
+    if rng.random() < build["p_student"]:
+        problem = tiny_world.question_text(*tiny_world.random_pair(
+            rng, _draw(rng, build["student_digits"]), build["p_unequal"]))
+        return student.student_message(problem), tiny_world.solution(problem)
+    n_digits = _draw(rng, build["teacher_digits"])
+    working = build["p_working"] if n_digits <= build["teacher_max_working_digits"] else 0.0
+    return teacher.TEACHER_INSTRUCTION, tiny_world.teacher_output(
+        rng, n_digits, p_working=working, p_wrong=build["p_wrong"],
+        p_ill_posed=build["p_ill_posed"])
+
+
+def corpus(n: int, seed: int, build: dict) -> list[tuple[str, str]]:
+    rng = random.Random(f"corpus-{seed}")
+    return [corpus_example(rng, build) for _ in range(n)]
+
+
+# ---- tokenizer ---------------------------------------------------------------------------------
+
+def build_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE with every digit its own token; BOS prepended by add_special_tokens.
+
+    Merges may cross spaces (no word split): the constant instructions, repeated in every
+    example, become a handful of tokens, which keeps pretraining and sampling cheap.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tok.token_to_id(BOS))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
+                                   pad_token=PAD, padding_side="left")
+
+
+def encode_example(tokenizer, user_text: str, completion: str) -> tuple[list[int], list[int]]:
+    """(prompt ids exactly as the loop builds them, completion ids ending in EOS)."""
+    from models import encode_prompt
+    completion_ids = tokenizer(" " + completion, add_special_tokens=False)["input_ids"]
+    return encode_prompt(tokenizer, user_text, False), completion_ids + [tokenizer.eos_token_id]
+
+
+# ---- model and pretraining ---------------------------------------------------------------------
+
+def new_model(tokenizer, build: dict):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=build["hidden_size"],
+        intermediate_size=build["intermediate_size"],
+        num_hidden_layers=build["num_hidden_layers"],
+        num_attention_heads=build["num_attention_heads"],
+        num_key_value_heads=build["num_attention_heads"],
+        max_position_embeddings=build["max_position_embeddings"], tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(config)
+
+
+def batch_tensors(examples: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded input ids, attention mask, and labels on completion tokens only."""
+    width = max(len(p) + len(c) for p, c in examples)
+    ids = torch.full((len(examples), width), pad_id)
+    labels = torch.full((len(examples), width), -100)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (p, c) in enumerate(examples):
+        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+        labels[i, len(p):len(p) + len(c)] = torch.tensor(c)
+        mask[i, :len(p) + len(c)] = 1
+    return ids, mask, labels
+
+
+def pretrain(model, tokenizer, examples, build: dict, progress: bool) -> list[float]:
+    """Next-token loss on the completions, AdamW with warm-up and cosine decay; returns losses."""
+    import math
+    from tqdm import tqdm
+    optimizer = torch.optim.AdamW(model.parameters(), lr=build["lr"], betas=(0.9, 0.98),
+                                  weight_decay=build["weight_decay"])
+    steps, warmup = build["steps"], build["warmup_steps"]
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
+        (s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * s / steps))))
+    model.train()
+    losses, bar = [], tqdm(range(steps), desc="pretraining the tiny model", disable=not progress)
+    for step in bar:
+        ids, mask, labels = batch_tensors(
+            examples[step * build["batch_size"]:(step + 1) * build["batch_size"]],
+            tokenizer.pad_token_id)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return losses
+
+
+def build_model(out_dir: Path, seed: int, build: dict, progress: bool = True) -> None:
+    """Corpus -> tokenizer -> pretrained Llama, saved with save_pretrained into out_dir.
+
+    One thread: the same seed then gives the same weights on any machine (a multi-threaded CPU
+    matmul may sum in another order), and on a busy 2-core machine a second thread on these tiny
+    matrices made a step slower, not faster (0.43 s vs 0.88 s, measured).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _build_model(out_dir, seed, build, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_model(out_dir: Path, seed: int, build: dict, progress: bool) -> None:
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    texts = corpus(build["steps"] * build["batch_size"], seed, build)
+    from models import plain_frame
+    tokenizer = build_tokenizer([plain_frame(u) + " " + c for u, c in texts[:4000]],
+                                build["vocab_size"])
+    examples = [encode_example(tokenizer, u, c) for u, c in texts]
+    model = new_model(tokenizer, build)
+    losses = pretrain(model, tokenizer, examples, build, progress)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "build.json").write_text(json.dumps(
+        {"seed": seed, "build": build, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+         "build_seconds": round(time.perf_counter() - start, 1)},
+        indent=1))
+
+
+def tiny_model_path(seed: int = 0, progress: bool = True) -> Path:
+    """The cached tiny model's directory, built (a few minutes on 2 CPU cores) if missing."""
+    path = model_dir(seed, BUILD)
+    if not (path / "config.json").exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # build in a temporary directory and rename: a killed build never looks finished
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
+        try:
+            build_model(tmp, seed, BUILD, progress)
+            tmp.rename(path)
+        except OSError:
+            if not (path / "config.json").exists():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+# ---- the hard set ------------------------------------------------------------------------------
+
+def hard_candidates(seed: int) -> list[dict]:
+    return [row for d in HARD["digits"]
+            for row in tiny_world.generate_problems(HARD["candidates_per_digit"], d, seed + 1000)]
+
+
+def tiny_hard_set(seed: int = 0, progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """(hard_train, hard_test) of the tiny model of this seed, built with data/build_hard.py."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from data.build_hard import build_hard
+    path = tiny_model_path(seed, progress)
+    key = hashlib.sha256(json.dumps(HARD, sort_keys=True).encode()).hexdigest()[:8]
+    out_dir = path / f"hard-{key}"
+    if not (out_dir / "stats.json").exists():  # written last: its presence means a finished build
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        build_hard(model, tokenizer, hard_candidates(seed), HARD["k"], out_dir=out_dir,
+                   chat_template=False, max_new_tokens=HARD["max_new_tokens"],
+                   batch_size=HARD["batch_size"], seed=seed, settings={"tiny": HARD},
+                   progress=progress)
+    return tuple([json.loads(line) for line in (out_dir / name).read_text().splitlines()]
+                 for name in ("hard_train.jsonl", "hard_test.jsonl"))

@@ -1,0 +1,166 @@
+"""Pins the tiny world: the exact checker, the generator's difficulty, the student working and the
+teacher outputs of the corpus, the tokenizer round trip, the cache key, and the save/load path of
+the tiny model (built here with toy settings; the real build is minutes, too slow for tests)."""
+import random
+import re
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import student
+import teacher
+from data import tiny_model, tiny_world
+from models import encode_prompt, plain_frame
+
+TOY_BUILD = tiny_model.BUILD | {"steps": 4, "batch_size": 8, "vocab_size": 300, "hidden_size": 16,
+                                "intermediate_size": 32, "num_hidden_layers": 1,
+                                "num_attention_heads": 2, "warmup_steps": 2}
+
+
+# ---- checker -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("question, answer", [
+    ("Compute 472+385.", "857"), ("Compute 472+385.", "\\boxed{857}"),
+    ("  Compute 999+1.  ", " \\boxed{ 1000 } "), ("Compute 0+0.", "0"), ("Compute 7+12345.", "12352"),
+])
+def test_checker_accepts_right_answers(question, answer):
+    assert tiny_world.check_question(question, answer) == {"well_posed": True, "correct": True}
+
+
+@pytest.mark.parametrize("answer", ["856", "\\boxed{757}", "", "857.5", "x", "\\boxed{}", "-857"])
+def test_checker_marks_wrong_answers_to_well_posed_questions(answer):
+    assert tiny_world.check_question("Compute 472+385.", answer) == {"well_posed": True,
+                                                                      "correct": False}
+
+
+@pytest.mark.parametrize("question", [
+    "Compute 472+.", "Compute +385.", "Compute 472++385.", "Compute 472+385+.", "Compute 472.",
+    "Compute 472+x.", "Compute 1+2+3.", "Compute .", "Compute 0472+385.", "Compute 472+385",
+    "compute 472+385.", "Compute 472-385.", "Compute 472 + 385.", "What is 472+385?", "",
+    "Compute 472+385. Compute 1+1.", "Compute 1234567890123+1.",
+])
+def test_checker_marks_ill_posed_questions(question):
+    assert tiny_world.check_question(question, "857") == {"well_posed": False, "correct": False}
+    assert tiny_world.difficulty(question) is None
+
+
+def test_difficulty_is_the_longer_operand():
+    assert tiny_world.difficulty("Compute 7+12345.") == 5
+    assert tiny_world.difficulty("Compute 0+0.") == 1
+
+
+# ---- generator and working ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_digits", [1, 3, 6])
+def test_generated_problems_have_their_difficulty_and_right_answers(n_digits):
+    rows = tiny_world.generate_problems(40, n_digits, seed=0)
+    assert len({r["problem"] for r in rows}) == 40
+    for r in rows:
+        assert tiny_world.difficulty(r["problem"]) == r["difficulty"] == n_digits
+        assert tiny_world.check_question(r["problem"], r["answer"])["correct"]
+    assert rows == tiny_world.generate_problems(40, n_digits, seed=0)
+    assert rows != tiny_world.generate_problems(40, n_digits, seed=1)
+
+
+def test_generator_refuses_more_problems_than_exist():
+    with pytest.raises(ValueError, match="only 100 problems"):
+        tiny_world.generate_problems(101, 1, seed=0)
+
+
+def test_solution_works_column_by_column_to_the_right_sum():
+    assert tiny_world.solution("Compute 472+385.") == "2+5=7. 7+8=15. 4+3+1=8. \\boxed{857}"
+    assert tiny_world.solution("Compute 999+1.") == "9+1=10. 9+0+1=10. 9+0+1=10. \\boxed{1000}"
+    rng = random.Random(0)
+    for _ in range(200):
+        a, b = tiny_world.random_pair(rng, rng.randint(1, 8), p_unequal=0.5)
+        boxed = re.search(r"\\boxed\{(\d+)\}$", tiny_world.solution(tiny_world.question_text(a, b)))
+        assert int(boxed[1]) == a + b
+
+
+def test_teacher_outputs_mix_right_wrong_and_ill_posed_pairs():
+    rng = random.Random(0)
+    verdicts = []
+    for _ in range(2000):
+        text = tiny_world.teacher_output(rng, rng.randint(1, 6), p_working=0.3, p_wrong=0.3,
+                                         p_ill_posed=0.1)
+        pair = re.search(r"<question>(.*)</question><answer>(\\boxed\{.*\})</answer>$", text)
+        assert pair, text
+        verdicts.append(tiny_world.check_question(pair[1], pair[2]))
+    ill = sum(not v["well_posed"] for v in verdicts) / len(verdicts)
+    wrong = sum(v["well_posed"] and not v["correct"] for v in verdicts) / len(verdicts)
+    assert 0.05 < ill < 0.15 and 0.1 < wrong < 0.3
+
+
+def test_corpus_has_no_worked_teacher_sums_beyond_the_student_range():
+    for user, completion in tiny_model.corpus(3000, seed=0, build=tiny_model.BUILD):
+        if user == teacher.TEACHER_INSTRUCTION and "=" in completion:
+            question = re.search(r"<question>(.*)</question>", completion)[1]
+            assert tiny_world.difficulty(question) <= tiny_model.BUILD["teacher_max_working_digits"]
+
+
+# ---- tokenizer ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def toy_texts():
+    return tiny_model.corpus(400, seed=0, build=TOY_BUILD)
+
+
+@pytest.fixture(scope="module")
+def toy_tokenizer(toy_texts, tmp_path_factory):
+    tok = tiny_model.build_tokenizer([plain_frame(u) + " " + c for u, c in toy_texts],
+                                     tiny_model.BUILD["vocab_size"])
+    path = tmp_path_factory.mktemp("tok")
+    tok.save_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def test_tokenizer_round_trips_and_keeps_digits_apart(toy_tokenizer, toy_texts):
+    tok = toy_tokenizer
+    assert tok.eos_token == tiny_model.EOS and tok.pad_token == tiny_model.PAD
+    assert tok.chat_template is None
+    for user, completion in toy_texts[:50]:
+        text = plain_frame(user) + " " + completion
+        ids = tok(text, add_special_tokens=True)["input_ids"]
+        assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
+        assert tok.decode(ids, skip_special_tokens=True) == text
+    pieces = tok.convert_ids_to_tokens(tok("Compute 472+385.", add_special_tokens=False)["input_ids"])
+    assert all(len(p) == 1 for p in pieces if any(ch.isdigit() for ch in p))
+
+
+def test_constant_prompts_compress(toy_tokenizer):
+    n_teacher = len(encode_prompt(toy_tokenizer, teacher.TEACHER_INSTRUCTION, False))
+    n_student = len(encode_prompt(toy_tokenizer, student.student_message("Compute 1+2."), False))
+    assert n_teacher < len(teacher.TEACHER_INSTRUCTION) / 4 and n_student < 20
+
+
+# ---- cache key and the save/load path ----------------------------------------------------------
+
+def test_cache_key_is_deterministic_and_covers_seed_and_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOAR_CACHE", str(tmp_path))
+    key = tiny_model.build_key(0, tiny_model.BUILD)
+    assert key == tiny_model.build_key(0, dict(tiny_model.BUILD))
+    assert key != tiny_model.build_key(1, tiny_model.BUILD)
+    assert key != tiny_model.build_key(0, tiny_model.BUILD | {"steps": 1})
+    assert tiny_model.model_dir(0, tiny_model.BUILD).is_relative_to(tmp_path)
+
+
+def test_toy_build_saves_a_loadable_deterministic_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOAR_CACHE", str(tmp_path))
+    monkeypatch.setattr(tiny_model, "BUILD", TOY_BUILD)
+    path = tiny_model.tiny_model_path(seed=0, progress=False)
+    assert path == tiny_model.model_dir(0, TOY_BUILD)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    ids = torch.tensor([encode_prompt(tok, student.student_message("Compute 1+2."), False)])
+    assert model(input_ids=ids).logits.shape[-1] == len(tok)
+    assert model.config.eos_token_id == tok.eos_token_id
+
+    again = tmp_path / "again"
+    again.mkdir()
+    tiny_model.build_model(again, 0, TOY_BUILD, progress=False)
+    rebuilt = AutoModelForCausalLM.from_pretrained(again)
+    for (name, p), (_, q) in zip(model.state_dict().items(), rebuilt.state_dict().items()):
+        assert torch.equal(p, q), name
+    assert tiny_model.tiny_model_path(seed=0, progress=False) == path  # cached: no rebuild
