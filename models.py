@@ -8,10 +8,13 @@ student copy starts from it, and how a promotion makes a copy the new baseline.
 """
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 
 import torch
+
+from sampler import completion_logprobs, decode, sample
 
 PRESETS = {
     "tiny": "built-in",  # data/tiny_model.py builds it on first use
@@ -139,7 +142,7 @@ def activate(model, role: str) -> None:
 
 
 def save_adapter(model, role: str, state: dict[str, torch.Tensor], out_dir: Path) -> None:
-    """Write `state` as a PEFT adapter directory (loadable with PeftModel.from_pretrained)."""
+    """Write `state` as the PEFT adapter folder out_dir/role (PEFT names the folder)."""
     live = adapter_state(model, role)
     load_adapter_state(model, role, state)
     model.save_pretrained(str(out_dir), selected_adapters=[role])
@@ -171,7 +174,6 @@ def policy_gradient_step(model, role: str, optimizer, scheduler, prompt_ids, com
     answers weigh what their tokens weigh. KL_t is the k3 estimator against the base model
     (adapters disabled). A non-finite loss skips the update and is reported, never applied.
     """
-    from sampler import completion_logprobs
     activate(model, role)
     params = list(adapter_params(model, role).values())
     device = next(p.device for p in params)
@@ -203,3 +205,28 @@ def policy_gradient_step(model, role: str, optimizer, scheduler, prompt_ids, com
     optimizer.step()
     scheduler.step()
     return {"loss": total_loss, "kl": total_kl, "skipped": 0}
+
+
+# ---- sampling and timing helpers the loop uses everywhere --------------------------------------
+
+def generate(model, tokenizer, prompt_ids, *, n, temperature, max_new_tokens, batch_size,
+             generator=None, progress=None):
+    """Sample with the active adapter; returns (Rollouts, completion texts)."""
+    rollouts = sample(model, prompt_ids, n=n, max_new_tokens=max_new_tokens,
+                      temperature=temperature, eos_token_ids=eos_ids(tokenizer, model),
+                      pad_token_id=tokenizer.pad_token_id, batch_size=batch_size,
+                      generator=generator, progress=progress)
+    return rollouts, decode(tokenizer, rollouts.completion_ids)
+
+
+class timed:
+    """`with timed(times, "train"):` adds the block's wall-clock seconds to times["train"]."""
+
+    def __init__(self, times: dict, key: str):
+        self.times, self.key = times, key
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.times[self.key] = self.times.get(self.key, 0.0) + time.perf_counter() - self.start

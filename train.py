@@ -93,6 +93,7 @@ class Config:
     sample_batch: int = setting(128, "rows decoded at once by the sampler (memory bound)")
     check_timeout: float = setting(5.0, "seconds an answer check may take (then: wrong)")
     sample_every: int = setting(5, "print a teacher question and student answer every N steps")
+    log: str = setting("none", "also send metrics to tensorboard or wandb (package must be installed)")
 
     @property
     def use_chat_template(self) -> bool:
@@ -161,6 +162,8 @@ def config_problem(cfg: Config) -> str | None:
         return f"--quant: {cfg.quant!r} is not one of auto, 4bit, 8bit, none"
     if cfg.chat_template not in ("auto", "on", "off"):
         return f"--chat-template: {cfg.chat_template!r} is not one of auto, on, off"
+    if cfg.log not in ("none", "tensorboard", "wandb"):
+        return f"--log: {cfg.log!r} is not one of none, tensorboard, wandb"
     if cfg.reward not in ("binary", "shaped"):
         return f"--reward: {cfg.reward!r} is not one of binary, shaped"
     positive = ["seeds", "outer_steps", "g", "n", "r", "q_r", "inner_steps", "student_batch",
@@ -207,10 +210,59 @@ def load_checkpoint(path: Path):
                          "delete it to restart that part of the run") from None
 
 
-def keep_logged_steps(path: Path, last_step: int) -> None:
-    """Drop metrics lines of a step that was logged but never checkpointed (killed in between)."""
-    rows = [r for r in read_jsonl(path) if r["step"] <= last_step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+def write_jsonl(path: Path, rows) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def forget_unfinished_steps(job: Path, steps_done: int) -> None:
+    """Drop log lines of steps that were logged but never checkpointed (killed in between),
+    including a last line torn by the kill."""
+    for path in (job / "metrics.jsonl", job / "questions.jsonl"):
+        if not path.exists():
+            continue
+        lines = path.read_text().splitlines()
+        rows = []
+        for line in lines:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        kept = [r for r in rows if r["step"] < steps_done]
+        if len(kept) < len(lines):
+            write_jsonl(path, kept)
+
+
+def external_logger(cfg: Config, run_dir: Path):
+    """A mirror of metrics.jsonl in TensorBoard or Weights & Biases: log(job, row)."""
+    def scalars(row, prefix=""):
+        for key, value in row.items():
+            if isinstance(value, dict):
+                yield from scalars(value, f"{prefix}{key}/")
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) or key == "promoted":
+                yield prefix + key, float(value)
+
+    if cfg.log == "tensorboard":
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise SystemExit("error: --log tensorboard needs `pip install tensorboard`") from None
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+        def log(job, row):
+            for key, value in scalars(row):
+                writer.add_scalar(f"{job}/{key}", value, row["step"])
+            writer.flush()
+        return log
+    if cfg.log == "wandb":
+        try:
+            import wandb
+        except ImportError:
+            raise SystemExit("error: --log wandb needs `pip install wandb`") from None
+        wandb.init(project="soar", name=run_dir.name, dir=str(run_dir), config=dataclasses.asdict(cfg))
+        return lambda job, row: wandb.log({f"{job}/{k}": v for k, v in scalars(row)})
+    return lambda job, row: None
 
 
 def rng_state(generator: torch.Generator, rng: random.Random) -> dict:
@@ -230,6 +282,7 @@ class World:
         self.hard_train, self.hard_test = hard_train, hard_test
         self.fresh_student = adapter_state(model, "student")  # LoRA B = 0: the base model
         self.fresh_teacher = adapter_state(model, "teacher")
+        self.log_external = lambda job, row: None  # set by main for --log
         self.quality = None
         if cfg.model == "tiny":  # the tiny world can grade any question exactly
             from data.tiny_world import check_question
@@ -241,21 +294,27 @@ class World:
 def grounded_rewards(w: World, datasets, q_r, baseline, baseline_acc, steps, generator, rng, times):
     """R_kj = greedy accuracy on Q_R after training copy j on X_k, minus the baseline's.
 
-    Every copy starts from the baseline student and is thrown away afterwards; we keep the
-    weights of the copies of the best dataset so far, in case it gets promoted.
+    Every copy starts from the baseline student and is thrown away afterwards, except the copies
+    of the best dataset so far: one of them becomes the baseline if this step promotes.
+    Returns (rewards [g][r], copies of the best dataset, updates skipped as non-finite).
     """
-    rewards, copies = [], []
+    rewards, best_copies, skipped = [], None, 0
+    bar = tqdm(total=len(datasets) * w.cfg.r, desc="student copies", leave=False, dynamic_ncols=True)
     for data in datasets:
         r_k, states = [], []
         for _ in range(w.cfg.r):
             load_adapter_state(w.model, "student", baseline)
-            train_student(w.model, w.tokenizer, data, steps, w.cfg, generator, rng, times)
+            history = train_student(w.model, w.tokenizer, data, steps, w.cfg, generator, rng, times)
+            skipped += sum(h["skipped"] for h in history)
             r_k.append(greedy_accuracy(w.model, w.tokenizer, q_r, w.cfg, times) - baseline_acc)
             states.append(adapter_state(w.model, "student"))
+            bar.update()
+        if not rewards or statistics.mean(r_k) > max(map(statistics.mean, rewards)):
+            best_copies = states
         rewards.append(r_k)
-        copies.append(states)
+    bar.close()
     load_adapter_state(w.model, "student", baseline)
-    return rewards, copies
+    return rewards, best_copies, skipped
 
 
 def intrinsic_rewards(w: World, datasets, generator, times):
@@ -267,7 +326,7 @@ def intrinsic_rewards(w: World, datasets, generator, times):
             counts = correct_counts(w.model, w.tokenizer, data, w.cfg.intrinsic_samples, w.cfg,
                                     generator)
         rewards.append([statistics.mean(learnability(c / w.cfg.intrinsic_samples) for c in counts)])
-    return rewards, None
+    return rewards, None, 0
 
 
 def update_window(window: list[float], mean_reward: float, size: int, tau: float):
@@ -277,12 +336,12 @@ def update_window(window: list[float], mean_reward: float, size: int, tau: float
     return window, moving_avg, len(window) == size and moving_avg > tau
 
 
-def promote(rewards: list[list[float]], copies) -> tuple[int, dict]:
-    """The best dataset k* and, of its copies, the one with the median reward."""
+def promote(rewards: list[list[float]], best_copies: list) -> tuple[int, dict]:
+    """The best dataset k* (first among ties) and, of its copies, the one with the median reward."""
     means = [statistics.mean(r) for r in rewards]
     best = max(range(len(means)), key=means.__getitem__)
     order = sorted(range(len(rewards[best])), key=rewards[best].__getitem__)
-    return best, copies[best][order[(len(order) - 1) // 2]]
+    return best, best_copies[order[(len(order) - 1) // 2]]
 
 
 def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
@@ -304,7 +363,7 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(generator, rng, ckpt["rng"])
-    keep_logged_steps(job / "metrics.jsonl", state["step"])
+    forget_unfinished_steps(job, state["step"])
     load_adapter_state(model, "teacher", state["teacher"])
     load_adapter_state(model, "student", state["baseline"])
 
@@ -331,10 +390,10 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
         if datasets is not None:
             if grounded:
                 steps = cfg.inner_steps + (cfg.promotion_extra_steps if state["n_promotions"] else 0)
-                rewards, copies = grounded_rewards(w, datasets, q_r, state["baseline"], baseline_acc,
-                                                   steps, generator, rng, times)
+                rewards, copies, skipped = grounded_rewards(
+                    w, datasets, q_r, state["baseline"], baseline_acc, steps, generator, rng, times)
             else:
-                rewards, copies = intrinsic_rewards(w, datasets, generator, times)
+                rewards, copies, skipped = intrinsic_rewards(w, datasets, generator, times)
             dataset_rewards = [statistics.mean(r) for r in rewards]
 
             # 4. promotion: when the moving average of the mean reward clears tau, the median copy
@@ -356,7 +415,7 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
                 update = teacher_update(model, tokenizer, optimizer, scheduler, datasets,
                                         dataset_rewards, cfg)
         else:
-            dataset_rewards, moving_avg, update = [], None, {"loss": None, "skipped": 1}
+            dataset_rewards, moving_avg, update, skipped = [], None, {"loss": None, "skipped": 0}, 0
 
         questions = [p["problem"] for p in pairs]
         row = {"method": method, "seed": seed, "step": step, "dataset_rewards": dataset_rewards,
@@ -365,7 +424,8 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
                "n_promotions": state["n_promotions"],
                "n_promoted_questions": len(state["promoted_questions"]),
                "baseline_acc": baseline_acc, "valid_rate": valid_rate,
-               "teacher_loss": update["loss"], "diversity": question_diversity(questions),
+               "teacher_loss": update["loss"], "skipped_updates": skipped + update["skipped"],
+               "diversity": question_diversity(questions),
                "times": {k: round(v, 3) for k, v in times.items()}}
         if pairs:
             row |= {"sample_question": pairs[0]["problem"], "sample_answer": pairs[0]["answer"]}
@@ -374,6 +434,7 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
         state["teacher"] = adapter_state(model, "teacher")
         state["step"] = step + 1
         append_jsonl(job / "metrics.jsonl", row)
+        w.log_external(f"seed{seed}/{method}", row)
         atomic_save({"state": state, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "rng": rng_state(generator, rng)},
                     job / "checkpoint.pt")
@@ -382,15 +443,10 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
             show_sample(w, pairs[0])
 
     write_jsonl(job / "promoted_questions.jsonl", state["promoted_questions"])
-    save_adapter(model, "teacher", state["teacher"], job / "adapters" / "teacher")
-    save_adapter(model, "student", state["baseline"], job / "adapters" / "student_baseline")
+    # PEFT format, one folder per role: adapters/teacher and adapters/student (the baseline).
+    save_adapter(model, "teacher", state["teacher"], job / "adapters")
+    save_adapter(model, "student", state["baseline"], job / "adapters")
     return state
-
-
-def write_jsonl(path: Path, rows) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
 
 
 def question_quality(w: World, pairs) -> dict:
@@ -435,7 +491,7 @@ def train_fresh_student(w: World, name: str, seed: int, phases: list[tuple[list[
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(generator, rng, ckpt["rng"])
-    keep_logged_steps(job / "metrics.jsonl", step - 1)
+    forget_unfinished_steps(job, step)
     load_adapter_state(model, "student", student)
     schedule = [problems for problems, steps in phases for _ in range(steps)]
     probe = random.Random(seed).sample(w.hard_train, min(cfg.q_r, len(w.hard_train)))
@@ -449,6 +505,7 @@ def train_fresh_student(w: World, name: str, seed: int, phases: list[tuple[list[
         if (step + 1) % cfg.probe_every == 0 or step + 1 == total:
             row["hard_train_acc"] = greedy_accuracy(model, tokenizer, probe, cfg, row["times"])
         append_jsonl(job / "metrics.jsonl", row)
+        w.log_external(f"seed{seed}/{name}", row)
         atomic_save({"step": step + 1, "student": adapter_state(model, "student"),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "rng": rng_state(generator, rng)}, job / "checkpoint.pt")
@@ -631,6 +688,7 @@ def main(argv: list[str]) -> None:
     if not resuming:
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     w = World(cfg, model, tokenizer, hard_train, hard_test)
+    w.log_external = external_logger(cfg, run_dir)
     print(f"model {cfg.model}: hard train {len(hard_train)}, hard test {len(hard_test)} problems; "
           f"run directory {run_dir}")
     seeds = range(cfg.seed, cfg.seed + cfg.seeds)

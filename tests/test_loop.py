@@ -57,8 +57,7 @@ def test_diversity_counts_repeats():
 
 def test_promote_takes_best_dataset_and_its_median_copy():
     rewards = [[0.0, 0.1, 0.2], [0.3, -0.1, 0.6], [0.1, 0.1, 0.1]]
-    copies = [["a0", "a1", "a2"], ["b0", "b1", "b2"], ["c0", "c1", "c2"]]
-    best, state = train.promote(rewards, copies)
+    best, state = train.promote(rewards, ["b0", "b1", "b2"])
     assert best == 1 and state == "b0"  # dataset 1 has the best mean; its median reward is 0.3
 
 
@@ -175,7 +174,8 @@ def test_one_outer_step_fills_the_run_directory(lm_dir, problem_files, tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["pass_at_k"]) == {"base", "soar_ps", "soar_pq"}
     assert set(summary["pass_at_k"]["base"]) == {"1", "4"}
-    assert (out / "seed0" / "soar" / "adapters" / "teacher" / "adapter_config.json").exists()
+    for role in ("teacher", "student"):
+        assert (out / "seed0" / "soar" / "adapters" / role / "adapter_config.json").exists()
     assert (out / "report.md").exists()
 
 
