@@ -189,17 +189,17 @@ def test_an_existing_run_is_never_overwritten(lm_dir, problem_files, tmp_path):
 
 
 def test_resumed_run_matches_an_uninterrupted_one(lm_dir, problem_files, tmp_path, monkeypatch):
-    args = ["--methods", "soar", "--outer-steps", "3"]
+    args = ["--methods", "soar", "--outer-steps", "2"]
     train.main(_smoke_args(lm_dir, problem_files, tmp_path / "full", *args))
 
     original_log_step = train.log_step
 
-    def interrupt_after_step_1(row, bar):
+    def interrupt_after_step_0(row, bar):
         original_log_step(row, bar)
-        if row["step"] == 1:
+        if row["step"] == 0:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "log_step", interrupt_after_step_1)
+    monkeypatch.setattr(train, "log_step", interrupt_after_step_0)
     with pytest.raises(SystemExit, match="--resume"):
         train.main(_smoke_args(lm_dir, problem_files, tmp_path / "cut", *args))
     monkeypatch.setattr(train, "log_step", original_log_step)
@@ -209,7 +209,7 @@ def test_resumed_run_matches_an_uninterrupted_one(lm_dir, problem_files, tmp_pat
         rows = train.read_jsonl(tmp_path / run / "seed0" / "soar" / "metrics.jsonl")
         return [{k: v for k, v in r.items() if k != "times"} for r in rows]
 
-    assert [r["step"] for r in comparable("cut")] == [0, 1, 2]
+    assert [r["step"] for r in comparable("cut")] == [0, 1]
     assert comparable("cut") == comparable("full")
     full = json.loads((tmp_path / "full" / "summary.json").read_text())["pass_at_k"]
     cut = json.loads((tmp_path / "cut" / "summary.json").read_text())["pass_at_k"]
@@ -219,17 +219,20 @@ def test_resumed_run_matches_an_uninterrupted_one(lm_dir, problem_files, tmp_pat
 def test_sigkill_mid_run_loses_at_most_the_step_in_progress(lm_dir, problem_files, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "train.py"),
-           *_smoke_args(lm_dir, problem_files, out, "--methods", "soar", "--outer-steps", "4")]
+           *_smoke_args(lm_dir, problem_files, out, "--methods", "soar", "--outer-steps", "3")]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = out / "seed0" / "soar" / "metrics.jsonl"
     deadline = time.time() + 240
-    while time.time() < deadline and len(train.read_jsonl(metrics)) < 2:
+    def lines_logged():
+        return metrics.read_text().count("\n") if metrics.exists() else 0
+
+    while time.time() < deadline and lines_logged() < 1:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert len(train.read_jsonl(metrics)) >= 2, "the run never got through two steps"
+    assert lines_logged() >= 1, "the run never got through a step"
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--resume", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert [r["step"] for r in train.read_jsonl(metrics)] == [0, 1, 2, 3]
+    assert [r["step"] for r in train.read_jsonl(metrics)] == [0, 1, 2]
     assert (out / "summary.json").exists()
