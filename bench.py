@@ -19,7 +19,6 @@ tokens over total time. Greedy work is deterministic, so its time is the best of
 The TRL row needs `pip install trl` (not a project requirement); without it the row says so.
 """
 import argparse
-import contextlib
 import os
 import random
 import resource
@@ -164,18 +163,6 @@ def linear_params(model) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-@contextlib.contextmanager
-def dynamic_cache():
-    """Ablation: transformers' own DynamicCache (appends by torch.cat) instead of the preallocated one."""
-    from transformers import DynamicCache
-    original = sampler.new_cache
-    sampler.new_cache = lambda config, capacity: DynamicCache(config=config)
-    try:
-        yield
-    finally:
-        sampler.new_cache = original
-
-
 # ---- 1. sampler vs generate ---------------------------------------------------------------------
 
 def hf_generate(model, prompts, *, n, max_new_tokens, temperature, eos, pad_id, seed):
@@ -232,8 +219,7 @@ def bench_rollouts(model, prompts, eos, pad_id, args, device, rows):
         "sampler, prompt prefilled per row": lambda s: our_sample(model, repeated, n=1, max_new_tokens=L,
                                                                   temperature=1.0, eos=eos, pad_id=pad_id, seed=s),
     }
-    totals = {name: [0, 0.0, 0] for name in list(methods) + ["sampler, torch.cat cache (DynamicCache)",
-                                                              "sampler, finished rows kept (emulated)"]}
+    totals = {name: [0, 0.0, 0] for name in list(methods) + ["sampler, finished rows kept (emulated)"]}
     for s in range(args.repeats):
         seed = args.seed * 1000 + s
         longest = L
@@ -244,11 +230,6 @@ def bench_rollouts(model, prompts, eos, pad_id, args, device, rows):
             totals[name][2] += len(out)
             if name == "sampler":
                 longest = max(len(r) for r in out)
-        with dynamic_cache():
-            out, dt = timed_call(lambda: methods["sampler"](seed), device)
-        totals["sampler, torch.cat cache (DynamicCache)"][:2] = [
-            totals["sampler, torch.cat cache (DynamicCache)"][0] + useful_tokens(out, stop),
-            totals["sampler, torch.cat cache (DynamicCache)"][1] + dt]
         # Keeping finished rows = every row decodes as long as the batch's longest row did.
         out, dt = timed_call(lambda: our_sample(model, prompts, n=G, max_new_tokens=longest, temperature=1.0,
                                                 eos=never, pad_id=pad_id, seed=seed), device)

@@ -8,6 +8,8 @@ Where the speed comes from, against `model.generate` (see bench.py for the measu
 - a prompt is prefilled once per group and its KV cache copied to its n rows;
 - a row leaves the batch the step it emits EOS, so late steps only pay for live rows;
 - the loop does only what sampling needs: no logits processors, no stopping-criteria objects.
+A KV cache preallocated for the whole rollout was measured and dropped: with row dropping, its
+full-capacity copies cost more than DynamicCache's appends (measured with bench.py).
 Prompts are left padded and every forward gets explicit position ids, so a row's tokens see the
 same positions as they would alone.
 """
@@ -16,7 +18,6 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 from transformers import DynamicCache
-from transformers.cache_utils import Cache, DynamicLayer, get_layer_types_and_kwargs
 
 
 @dataclass
@@ -29,53 +30,6 @@ class Rollouts:
 
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-class PreallocatedLayer(DynamicLayer):
-    """One layer's KV cache in a buffer sized for the whole rollout.
-
-    DynamicLayer appends with torch.cat, which copies the layer's entire cache at every decoding
-    step; here a step writes only its own column.
-    """
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity, self.length = capacity, 0
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.device = key_states.device
-        self.keys = key_states.new_empty(*key_states.shape[:2], self.capacity, key_states.shape[3])
-        self.values = value_states.new_empty(*value_states.shape[:2], self.capacity, value_states.shape[3])
-        self.is_initialized = True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        self.keys[:, :, self.length:end] = key_states
-        self.values[:, :, self.length:end] = value_states
-        self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        # Copy only the filled columns: the rest of the buffer holds nothing yet.
-        for name in ("keys", "values"):
-            old = getattr(self, name)
-            new = old.new_empty(len(indices), *old.shape[1:])
-            new[:, :, :self.length] = old[indices, :, :self.length]
-            setattr(self, name, new)
-
-
-def new_cache(config, capacity: int) -> Cache:
-    """Preallocated full-attention layers; models with other layer kinds (sliding window, linear
-    attention) get transformers' own DynamicCache, which knows how to handle them."""
-    layer_types, _ = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
-    if any(t != "full_attention" for t in layer_types):
-        return DynamicCache(config=config)
-    return Cache(layers=[PreallocatedLayer(capacity) for _ in layer_types])
 
 
 def left_pad(rows: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +109,7 @@ def sample_chunk(model, prompt_ids, prompt_of_row, max_new_tokens, temperature, 
     # Prefill each distinct prompt once, then copy its cache to all its rows.
     distinct = sorted(set(prompt_of_row))
     ids, mask = left_pad([prompt_ids[i] for i in distinct], pad_token_id, device)
-    cache = new_cache(model.config, ids.shape[1] + max_new_tokens)
+    cache = DynamicCache(config=model.config)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
                 cache=cache, use_cache=True, logits_to_keep=1)
     row_to_prefill = torch.tensor([distinct.index(i) for i in prompt_of_row], device=device)
