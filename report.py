@@ -21,7 +21,7 @@ KS = ("1", "4", "8", "16", "32")
 METHOD_ORDER = ("base", "hard_only", "soar", "soar_ps", "soar_pq", "intrinsic", "intrinsic_t", "base_t")
 LABELS = {"base": "Base", "hard_only": "Hard-Only", "soar_ps": "SOAR-PS", "soar_pq": "SOAR-PQ",
           "intrinsic_t": "Intrinsic-T", "base_t": "Base-T", "soar": "SOAR",
-          "intrinsic": "Intrinsic-T teacher"}
+          "intrinsic": "Intrinsic-T"}
 COLORS = {"base": "0.45", "hard_only": "tab:red", "soar_ps": "tab:green", "soar_pq": "tab:blue",
           "intrinsic_t": "tab:orange", "base_t": "tab:purple", "soar": "tab:blue",
           "intrinsic": "tab:orange"}
