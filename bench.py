@@ -261,9 +261,10 @@ def our_rloo_step(model, tokenizer, prompts, args, optimizer, scheduler, generat
     reward = torch.tensor(parity_reward(r.completion_ids, set(eos))).view(len(prompts), args.group)
     advantages = rewards.rloo_advantages(reward).flatten()
     with models.timed(times, "train"):
-        models.policy_gradient_step(model, "student", optimizer, scheduler, r.prompt_ids, r.completion_ids,
+        models.policy_gradient_step(model, "student", optimizer, r.prompt_ids, r.completion_ids,
                                     advantages, kl_coef=0.001, pad_token_id=tokenizer.pad_token_id,
                                     micro_batch=args.micro_batch, max_new_tokens=args.max_new_tokens)
+        scheduler.step()
     return times
 
 

@@ -7,7 +7,6 @@ dicts (`adapter_state` / `load_adapter_state`): that is how the baseline student
 student copy starts from it, and how a promotion makes a copy the new baseline.
 """
 import math
-import os
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +28,12 @@ class ModelUnavailable(RuntimeError):
 
 
 def resolve_model(name: str) -> str:
-    """A preset, a local directory or a hub id -> something `from_pretrained` can load offline-safely."""
+    """A preset, a local directory or a hub id -> a path or id `from_pretrained` loads at once.
+
+    A hub model already in the local cache resolves to its snapshot folder, so no network is
+    touched; otherwise one short probe of the hub decides, because transformers would retry an
+    unreachable hub for half a minute before failing.
+    """
     if name == "tiny":
         from data.tiny_model import tiny_model_path
         return str(tiny_model_path())
@@ -40,17 +44,11 @@ def resolve_model(name: str) -> str:
         raise ModelUnavailable(
             f"--model {name!r}: not a preset ({', '.join(PRESETS)}), not a local model directory "
             "and not a hub id (owner/name)")
-    _check_hub_reachable(model_id)
-    return model_id
-
-
-def _check_hub_reachable(model_id: str) -> None:
-    # transformers retries an unreachable hub for ~30 s before failing; a cached model needs no
-    # network, and otherwise one short probe tells us at once.
-    from huggingface_hub import model_info, try_to_load_from_cache
-    if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return
+    from huggingface_hub import model_info, snapshot_download
+    try:
+        return snapshot_download(model_id, local_files_only=True)
+    except Exception:  # noqa: BLE001  (not cached: ask the hub)
+        pass
     try:
         model_info(model_id, timeout=5)
     except Exception as e:  # noqa: BLE001  (any failure here means we cannot download)
@@ -58,6 +56,7 @@ def _check_hub_reachable(model_id: str) -> None:
             f"--model {model_id}: not in the local Hugging Face cache and the hub is unreachable "
             f"({type(e).__name__}). On a machine with internet run `hf download {model_id}`, or "
             "pass --model /path/to/a/local/model (any Hugging Face format directory).") from None
+    return model_id
 
 
 def load_model(name: str, quant: str = "none", lora_rank: int = 16, lora_alpha: int = 32,
@@ -151,8 +150,14 @@ def save_adapter(model, role: str, state: dict[str, torch.Tensor], out_dir: Path
 
 # ---- the policy-gradient update shared by teacher and student -----------------------------------
 
+# The schedule advances once per step, also on steps whose update is skipped (no signal), so
+# torch's "scheduler stepped before optimizer" warning is expected and says nothing here.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+
+
 def make_optimizer(model, role: str, lr: float, total_steps: int, warmup_steps: int = 0):
-    """AdamW over one role's LoRA, with linear warm-up then cosine decay to zero."""
+    """AdamW over one role's LoRA, with linear warm-up then cosine decay to zero; the caller
+    steps the scheduler once per training step."""
     params = list(adapter_params(model, role).values())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
@@ -165,7 +170,7 @@ def make_optimizer(model, role: str, lr: float, total_steps: int, warmup_steps: 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
 
-def policy_gradient_step(model, role: str, optimizer, scheduler, prompt_ids, completion_ids,
+def policy_gradient_step(model, role: str, optimizer, prompt_ids, completion_ids,
                          advantages: torch.Tensor, *, kl_coef: float, pad_token_id: int,
                          micro_batch: int, max_new_tokens: int, max_grad_norm: float = 1.0) -> dict:
     """One RLOO update: loss = -A * sum_t log pi(y_t) + kl_coef * sum_t KL_t, averaged over rows.
@@ -203,7 +208,6 @@ def policy_gradient_step(model, role: str, optimizer, scheduler, prompt_ids, com
         return {"loss": total_loss, "kl": total_kl, "skipped": 1}
     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
-    scheduler.step()
     return {"loss": total_loss, "kl": total_kl, "skipped": 0}
 
 

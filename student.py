@@ -65,9 +65,10 @@ def rloo_step(model, tokenizer, optimizer, scheduler, batch: list[dict], cfg, ge
         # forwards, which dominate Hard-Only's cost).
         if advantages.abs().sum() > 0:
             stats |= policy_gradient_step(
-                model, "student", optimizer, scheduler, rollouts.prompt_ids, rollouts.completion_ids,
+                model, "student", optimizer, rollouts.prompt_ids, rollouts.completion_ids,
                 advantages, kl_coef=cfg.kl_coef, pad_token_id=tokenizer.pad_token_id,
                 micro_batch=cfg.micro_batch, max_new_tokens=cfg.student_max_tokens)
+    scheduler.step()
     return stats
 
 

@@ -86,13 +86,16 @@ def teacher_update(model, tokenizer, optimizer, scheduler, datasets: list[list[d
     advantages = rloo_advantages(torch.tensor(dataset_rewards, dtype=torch.float32))
     rows = [(pair, adv) for data, adv in zip(datasets, advantages.tolist()) for pair in data]
     if all(adv == 0 for _, adv in rows):  # all datasets scored the same: no signal
-        return {"loss": 0.0, "kl": 0.0, "skipped": 0}
-    return policy_gradient_step(
-        model, "teacher", optimizer, scheduler,
-        [p["prompt_ids"] for p, _ in rows], [p["completion_ids"] for p, _ in rows],
-        torch.tensor([adv for _, adv in rows]), kl_coef=cfg.kl_coef,
-        pad_token_id=tokenizer.pad_token_id, micro_batch=cfg.micro_batch,
-        max_new_tokens=cfg.teacher_max_tokens)
+        stats = {"loss": 0.0, "kl": 0.0, "skipped": 0}
+    else:
+        stats = policy_gradient_step(
+            model, "teacher", optimizer,
+            [p["prompt_ids"] for p, _ in rows], [p["completion_ids"] for p, _ in rows],
+            torch.tensor([adv for _, adv in rows]), kl_coef=cfg.kl_coef,
+            pad_token_id=tokenizer.pad_token_id, micro_batch=cfg.micro_batch,
+            max_new_tokens=cfg.teacher_max_tokens)
+    scheduler.step()
+    return stats
 
 
 def question_diversity(questions: list[str], n: int = 3) -> dict:

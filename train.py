@@ -42,10 +42,10 @@ def setting(default, help):
 class Config:
     # what to run
     model: str = setting("tiny", "preset (tiny, small, paper), local HF model dir, or hub id")
-    out: str = setting("runs/tiny", "run directory")
+    out: str = setting("", "run directory; empty: runs/<model>, or runs/smoke with --smoke")
     seed: int = setting(0, "first seed; seeds are seed, seed+1, ...")
-    seeds: int = setting(3, "how many seeds (mean and SD in the table)")
-    methods: str = setting("base,soar,hard_only,intrinsic_t",
+    seeds: int = setting(1, "how many seeds (mean and SD in the table)")
+    methods: str = setting("base,soar,hard_only",
                            "comma list of: base, soar (gives soar_ps and soar_pq), hard_only, "
                            "intrinsic_t, base_t")
     hard_train: str = setting("", "hard train set (JSONL, problem/answer); default: the built one")
@@ -102,9 +102,10 @@ class Config:
 
 # Defaults per preset (flags still win). `small` and `paper` fit one 24 GB GPU in 4-bit.
 PRESETS = {
-    "tiny": dict(quant="none", chat_template="off"),
-    "small": dict(out="runs/small", methods="base,soar,hard_only"),
-    "paper": dict(out="runs/paper", methods="base,soar,hard_only"),
+    "tiny": dict(quant="none", chat_template="off", seeds=3,
+                 methods="base,soar,hard_only,intrinsic_t"),
+    "small": {},
+    "paper": {},
 }
 # --smoke: the same pipeline at toy sizes (every method, the table, summary.json, the plots).
 SMOKE = dict(seeds=1, outer_steps=2, g=2, n=4, r=1, q_r=4, inner_steps=1, student_batch=2,
@@ -127,9 +128,10 @@ def parse_config(argv) -> tuple[Config, bool]:
     args = parser.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("smoke", "resume")}
     if args.resume:
-        if given:
+        if given or args.smoke:
+            flags = [*given, *(["smoke"] if args.smoke else [])]
             parser.error(f"--resume takes its settings from {args.resume}/config.json; "
-                         f"drop {', '.join('--' + k.replace('_', '-') for k in given)}")
+                         f"drop {', '.join('--' + k.replace('_', '-') for k in flags)}")
         path = Path(args.resume) / "config.json"
         try:
             return Config(**json.loads(path.read_text())), True
@@ -137,8 +139,8 @@ def parse_config(argv) -> tuple[Config, bool]:
             parser.error(f"--resume {args.resume}: cannot read {path} ({e})")
     model = given.get("model", Config.model)
     values = {**PRESETS.get(model, {}), **(SMOKE if args.smoke else {}), **given}
-    if args.smoke and "out" not in given:
-        values["out"] = "runs/smoke"
+    if not values.get("out"):
+        values["out"] = "runs/" + ("smoke" if args.smoke else Path(model.rstrip("/")).name)
     cfg = Config(**values)
     problem = config_problem(cfg)
     if problem:
@@ -166,12 +168,21 @@ def config_problem(cfg: Config) -> str | None:
         return f"--log: {cfg.log!r} is not one of none, tensorboard, wandb"
     if cfg.reward not in ("binary", "shaped"):
         return f"--reward: {cfg.reward!r} is not one of binary, shaped"
+    if min(ks) < 1:
+        return f"--ks: every k must be at least 1, got {cfg.ks!r}"
     positive = ["seeds", "outer_steps", "g", "n", "r", "q_r", "inner_steps", "student_batch",
                 "group_size", "eval_samples", "micro_batch", "sample_batch", "ma_window",
-                "teacher_max_rounds", "teacher_max_tokens", "student_max_tokens"]
+                "teacher_max_rounds", "teacher_max_tokens", "student_max_tokens",
+                "intrinsic_samples", "sampled_questions", "probe_every", "lora_rank"]
     for name in positive:
         if getattr(cfg, name) < 1:
             return f"--{name.replace('_', '-')} must be at least 1"
+    for name in ("fresh_steps", "pq_steps", "promotion_extra_steps", "teacher_warmup", "temperature",
+                 "kl_coef", "teacher_lr", "student_lr"):
+        if getattr(cfg, name) < 0:
+            return f"--{name.replace('_', '-')} must not be negative"
+    if cfg.check_timeout <= 0:
+        return "--check-timeout must be positive"
     if cfg.g < 2:
         return "--g must be at least 2: the teacher's RLOO baseline needs another dataset"
     if cfg.group_size < 2:
@@ -416,6 +427,7 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
                                         dataset_rewards, cfg)
         else:
             dataset_rewards, moving_avg, update, skipped = [], None, {"loss": None, "skipped": 0}, 0
+            scheduler.step()
 
         questions = [p["problem"] for p in pairs]
         row = {"method": method, "seed": seed, "step": step, "dataset_rewards": dataset_rewards,
@@ -531,7 +543,10 @@ def evaluate(w: World, student: dict | None, name: str, seed: int, job: Path) ->
     """pass@k on the hard test set from eval_samples answers per problem (None = base model)."""
     result_path = job / "result.json"
     if result_path.exists():
-        return json.loads(result_path.read_text())
+        try:
+            return json.loads(result_path.read_text())
+        except ValueError:
+            pass  # torn by a kill while being written: evaluate again
     load_adapter_state(w.model, "student", student if student is not None else w.fresh_student)
     counts = correct_counts(w.model, w.tokenizer, w.hard_test, w.cfg.eval_samples, w.cfg,
                             torch.Generator().manual_seed(seed + 3000),
@@ -541,7 +556,9 @@ def evaluate(w: World, student: dict | None, name: str, seed: int, job: Path) ->
               "pass_at_k": {str(k): statistics.mean(pass_at_k(w.cfg.eval_samples, c, k)
                                                      for c in counts) for k in ks}}
     job.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(result, indent=1))
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, result_path)
     return result
 
 
@@ -573,7 +590,11 @@ def run_seed(w: World, seed: int, run_dir: Path) -> dict:
         if teacher is None:
             teacher = run_teacher(w, "intrinsic", seed, sd / "intrinsic")["teacher"]
         questions = sample_teacher_questions(w, teacher, seed, sd / name)
-        student = train_fresh_student(w, name, seed, [(questions, cfg.pq_steps)] + hard, sd / name)
+        if not questions:
+            tqdm.write(f"seed {seed} {name}: the teacher wrote no valid question; "
+                       "its student trains on the hard set alone")
+        phases = ([(questions, cfg.pq_steps)] if questions else []) + hard
+        student = train_fresh_student(w, name, seed, phases, sd / name)
         results[name] = evaluate(w, student, name, seed, sd / name)
     return results
 
@@ -675,10 +696,13 @@ def main(argv: list[str]) -> None:
     if not resuming:
         prepare_run_dir(run_dir)
     try:
+        hard_train, hard_test = load_hard_sets(cfg)  # for tiny: builds the model and its hard set
         path = resolve_model(cfg.model)  # fails at once when the model cannot be had
-    except ModelUnavailable as e:
+    except (ModelUnavailable, OSError, ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
-    hard_train, hard_test = load_hard_sets(cfg)
+    if cfg.q_r > len(hard_train):
+        tqdm.write(f"warning: --q-r {cfg.q_r} is more than the {len(hard_train)} hard train "
+                   "problems; Q_R will be the whole hard train set")
     if cfg.quant == "auto":
         cfg.quant = "4bit" if torch.cuda.is_available() and cfg.model != "tiny" else "none"
     torch.manual_seed(cfg.seed)

@@ -160,15 +160,15 @@ def main(argv=None) -> None:
         p.error("--k must be at least 1")
 
     from data.benchmarks import load_problems
-    problems = load_problems(args.dataset, problem_field=args.problem_field,
-                             answer_field=args.answer_field, split=args.split)[:args.limit]
     import models
     quant = args.quant
     if quant == "auto":
         quant = "4bit" if torch.cuda.is_available() and args.model != "tiny" else "none"
     try:
+        problems = load_problems(args.dataset, problem_field=args.problem_field,
+                                 answer_field=args.answer_field, split=args.split)[:args.limit]
         model, tokenizer = models.load_model(args.model, quant)
-    except models.ModelUnavailable as e:
+    except (models.ModelUnavailable, OSError, ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
     chat_template = {"on": True, "off": False}.get(args.chat_template,
                                                    getattr(tokenizer, "chat_template", None) is not None)

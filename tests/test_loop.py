@@ -78,9 +78,9 @@ def shared(lm_dir):
 
 
 def _one_update(model, tokenizer, role):
-    optimizer, scheduler = make_optimizer(model, role, 1e-2, total_steps=4)
+    optimizer, _ = make_optimizer(model, role, 1e-2, total_steps=4)
     prompt = tokenizer("User: hi\nAssistant:")["input_ids"]
-    return policy_gradient_step(model, role, optimizer, scheduler, [prompt, prompt],
+    return policy_gradient_step(model, role, optimizer, [prompt, prompt],
                                 [[5, 6, 7], [8, 9]], torch.tensor([1.0, -1.0]), kl_coef=0.001,
                                 pad_token_id=tokenizer.pad_token_id, micro_batch=1,
                                 max_new_tokens=8)
@@ -110,10 +110,10 @@ def test_a_student_copy_restores_the_baseline_exactly(shared):
 def test_non_finite_loss_skips_the_update(shared):
     model, tokenizer = shared
     before = adapter_state(model, "student")
-    optimizer, scheduler = make_optimizer(model, "student", 1e-2, total_steps=4)
+    optimizer, _ = make_optimizer(model, "student", 1e-2, total_steps=4)
     prompt = tokenizer("User: hi\nAssistant:")["input_ids"]
     with pytest.warns(UserWarning, match="non-finite"):
-        stats = policy_gradient_step(model, "student", optimizer, scheduler, [prompt], [[5, 6]],
+        stats = policy_gradient_step(model, "student", optimizer, [prompt], [[5, 6]],
                                      torch.tensor([float("nan")]), kl_coef=0.001,
                                      pad_token_id=tokenizer.pad_token_id, micro_batch=1,
                                      max_new_tokens=8)
@@ -139,6 +139,10 @@ def test_4bit_base_trains_lora_on_cpu(lm_dir):
     (["--g", "1"], "--g must be at least 2"),
     (["--quant", "3bit"], "--quant"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--probe-every", "0"], "--probe-every must be at least 1"),
+    (["--ks", "0,1"], "every k must be at least 1"),
+    (["--temperature", "-1"], "--temperature must not be negative"),
+    (["--resume", "runs/x", "--smoke"], "drop --smoke"),
 ])
 def test_bad_settings_fail_with_a_message_naming_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -189,7 +193,9 @@ def test_an_existing_run_is_never_overwritten(lm_dir, problem_files, tmp_path):
 
 
 def test_resumed_run_matches_an_uninterrupted_one(lm_dir, problem_files, tmp_path, monkeypatch):
-    args = ["--methods", "soar", "--outer-steps", "2"]
+    # tau -1 with a window of 1 promotes at every step, so the resumed state holds a promotion.
+    args = ["--methods", "soar", "--outer-steps", "2", "--ma-window", "1", "--tau", "-1",
+            "--promotion-extra-steps", "1"]
     train.main(_smoke_args(lm_dir, problem_files, tmp_path / "full", *args))
 
     original_log_step = train.log_step
@@ -210,6 +216,7 @@ def test_resumed_run_matches_an_uninterrupted_one(lm_dir, problem_files, tmp_pat
         return [{k: v for k, v in r.items() if k != "times"} for r in rows]
 
     assert [r["step"] for r in comparable("cut")] == [0, 1]
+    assert comparable("cut")[0]["promoted"]
     assert comparable("cut") == comparable("full")
     full = json.loads((tmp_path / "full" / "summary.json").read_text())["pass_at_k"]
     cut = json.loads((tmp_path / "cut" / "summary.json").read_text())["pass_at_k"]
