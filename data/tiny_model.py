@@ -4,11 +4,16 @@
 on first use and caches under $SOAR_CACHE or ~/.cache/soar, keyed by a hash of every build setting
 (the prompts included), so that changing anything rebuilds. The corpus uses the exact prompts of
 the loop (`models.encode_prompt` with `student.student_message` / `teacher.TEACHER_INSTRUCTION`),
-so the pretrained model is already a student that adds short numbers and a teacher that writes
-`<question>...</question><answer>\\boxed{...}</answer>` pairs. It is taught to add numbers of up to
-STUDENT_DIGITS digits (and, rarely, one digit more); longer sums are the hard problems.
-`tiny_hard_set(seed)` keeps the long problems it solves 0 times in 128 samples (data/build_hard.py,
-the same fail@k filter as the real datasets), split 50/50 into hard train and hard test.
+so the pretrained model is already a student and a teacher:
+- as student it adds base-10 numbers of a few digits, and has seen sums in the rare base (7)
+  only rarely, so it knows them partly: long rare-base sums are its hard problems;
+- as teacher it writes `<question>...</question><answer>\\boxed{...}</answer>` pairs, mostly
+  base-10, sometimes in the rare base (the stepping stones), sometimes ill-posed, often with a
+  wrong answer, sometimes after working.
+`tiny_hard_set(seed)` keeps the long rare-base problems it solves 0 times in 128 samples
+(data/build_hard.py, the same fail@k filter as the real datasets), split 50/50 into hard train and
+hard test. `python -m data.tiny_model` builds both and prints the measurements that show the
+world works (see `main`).
 """
 import hashlib
 import json
@@ -23,14 +28,16 @@ import torch
 
 from data import tiny_world
 
-VERSION = 1  # bump when the build changes in a way the settings below do not show
+VERSION = 3  # bump when the build changes in a way the settings below do not show
 
 BUILD = {
-    # corpus: the share of student examples, and the difficulty mixes of each role
+    # corpus: the share of student examples, the digit mixes of each role, the share of rare-base
+    # problems in each role (the rare base's digits are drawn uniformly up to rare_max_digits)
     "p_student": 0.7,
-    "student_digits": {1: 0.08, 2: 0.17, 3: 0.4, 4: 0.22, 5: 0.1, 6: 0.03},
+    "student_digits": {1: 0.1, 2: 0.2, 3: 0.35, 4: 0.35},
     "teacher_digits": {1: 0.06, 2: 0.16, 3: 0.28, 4: 0.2, 5: 0.14, 6: 0.09, 7: 0.05, 8: 0.02},
-    "teacher_max_working_digits": 3,  # longer teacher problems come without working
+    "p_rare_student": 0.01, "p_rare_teacher": 0.1, "rare_max_digits": 4,
+    "teacher_max_working_digits": 3,  # longer or rare-base teacher problems come without working
     "p_unequal": 0.3,
     "p_working": 0.25, "p_wrong": 0.35, "p_ill_posed": 0.06,
     # tokenizer and model
@@ -40,9 +47,11 @@ BUILD = {
     # optimisation
     "steps": 1500, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100, "weight_decay": 0.01,
 }
-# the hard set: candidates of these lengths, kept if solved 0 times in k samples (temperature 1)
-HARD = {"digits": [6], "candidates_per_digit": 192, "k": 128, "max_new_tokens": 80,
+# the hard set: rare-base candidates of these lengths, kept if solved 0 times in k samples
+HARD = {"digits": [4], "candidates_per_digit": 128, "k": 128, "max_new_tokens": 64,
         "batch_size": 512}
+# the stepping-stone check of `main`: supervised steps (batch 32) and learning rate
+STONE_STEPS, STONE_LR = 100, 1e-3
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 
@@ -75,15 +84,19 @@ def corpus_example(rng: random.Random, build: dict) -> tuple[str, str]:
     """(user message, completion) of one pretraining example, student or teacher role."""
     import student
     import teacher
-    if rng.random() < build["p_student"]:
+    role = "student" if rng.random() < build["p_student"] else "teacher"
+    if rng.random() < build[f"p_rare_{role}"]:
+        base, n_digits = tiny_world.RARE_BASE, rng.randint(1, build["rare_max_digits"])
+    else:
+        base, n_digits = 10, _draw(rng, build[f"{role}_digits"])
+    if role == "student":
         problem = tiny_world.question_text(*tiny_world.random_pair(
-            rng, _draw(rng, build["student_digits"]), build["p_unequal"]))
+            rng, n_digits, base, build["p_unequal"]), base)
         return student.student_message(problem), tiny_world.solution(problem)
-    n_digits = _draw(rng, build["teacher_digits"])
-    working = build["p_working"] if n_digits <= build["teacher_max_working_digits"] else 0.0
+    short = base == 10 and n_digits <= build["teacher_max_working_digits"]
     return teacher.TEACHER_INSTRUCTION, tiny_world.teacher_output(
-        rng, n_digits, p_working=working, p_wrong=build["p_wrong"],
-        p_ill_posed=build["p_ill_posed"])
+        rng, n_digits, base, p_working=build["p_working"] if short else 0.0,
+        p_wrong=build["p_wrong"], p_ill_posed=build["p_ill_posed"])
 
 
 def corpus(n: int, seed: int, build: dict) -> list[tuple[str, str]]:
@@ -153,21 +166,19 @@ def batch_tensors(examples: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, mask, labels
 
 
-def pretrain(model, tokenizer, examples, build: dict, progress: bool) -> list[float]:
+def pretrain(model, tokenizer, batches: list, build: dict, progress: bool) -> list[float]:
     """Next-token loss on the completions, AdamW with warm-up and cosine decay; returns losses."""
     import math
     from tqdm import tqdm
     optimizer = torch.optim.AdamW(model.parameters(), lr=build["lr"], betas=(0.9, 0.98),
                                   weight_decay=build["weight_decay"])
-    steps, warmup = build["steps"], build["warmup_steps"]
+    steps, warmup = len(batches), build["warmup_steps"]
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
         (s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * s / steps))))
     model.train()
     losses, bar = [], tqdm(range(steps), desc="pretraining the tiny model", disable=not progress)
     for step in bar:
-        ids, mask, labels = batch_tensors(
-            examples[step * build["batch_size"]:(step + 1) * build["batch_size"]],
-            tokenizer.pad_token_id)
+        ids, mask, labels = batch_tensors(batches[step], tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -205,7 +216,9 @@ def _build_model(out_dir: Path, seed: int, build: dict, progress: bool) -> None:
                                 build["vocab_size"])
     examples = [encode_example(tokenizer, u, c) for u, c in texts]
     model = new_model(tokenizer, build)
-    losses = pretrain(model, tokenizer, examples, build, progress)
+    size = build["batch_size"]
+    batches = [examples[i:i + size] for i in range(0, len(examples), size)]
+    losses = pretrain(model, tokenizer, batches, build, progress)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "build.json").write_text(json.dumps(
@@ -236,7 +249,8 @@ def tiny_model_path(seed: int = 0, progress: bool = True) -> Path:
 
 def hard_candidates(seed: int) -> list[dict]:
     return [row for d in HARD["digits"]
-            for row in tiny_world.generate_problems(HARD["candidates_per_digit"], d, seed + 1000)]
+            for row in tiny_world.generate_problems(HARD["candidates_per_digit"], d, seed + 1000,
+                                                    tiny_world.RARE_BASE)]
 
 
 def tiny_hard_set(seed: int = 0, progress: bool = True) -> tuple[list[dict], list[dict]]:
@@ -256,3 +270,87 @@ def tiny_hard_set(seed: int = 0, progress: bool = True) -> tuple[list[dict], lis
                    progress=progress)
     return tuple([json.loads(line) for line in (out_dir / name).read_text().splitlines()]
                  for name in ("hard_train.jsonl", "hard_test.jsonl"))
+
+
+# ---- measurements: does the world show what SOAR needs? -------------------------------------
+
+def accuracy(model, tokenizer, problems: list[dict], n_samples: int, seed: int = 0) -> dict:
+    """Greedy accuracy, and the mean accuracy of n_samples answers at temperature 1, graded
+    exactly; the student prompt and sampler are the loop's."""
+    from models import encode_prompt
+    from rewards import extract_boxed
+    from sampler import decode, sample
+    import student
+    prompts = [encode_prompt(tokenizer, student.student_message(p["problem"]), False)
+               for p in problems]
+    result = {}
+    for name, n, temperature in (("greedy", 1, 0.0), ("sampled", n_samples, 1.0)):
+        rollouts = sample(model, prompts, n=n, max_new_tokens=HARD["max_new_tokens"],
+                          temperature=temperature, eos_token_ids=[tokenizer.eos_token_id],
+                          pad_token_id=tokenizer.pad_token_id, batch_size=HARD["batch_size"],
+                          generator=torch.Generator().manual_seed(seed))
+        answers = [extract_boxed(text) or "" for text in decode(tokenizer, rollouts.completion_ids)]
+        golds = [p["answer"] for p in problems for _ in range(n)]
+        result[name] = sum(a.strip() == g for a, g in zip(answers, golds)) / len(golds)
+    return result
+
+
+def fine_tuned(model, tokenizer, problems: list[dict], steps: int, lr: float, seed: int = 0):
+    """A copy of the model after `steps` of supervised training on the problems' correct working
+    (a quick stand-in for RL on problems the student learns to solve)."""
+    import copy
+    import student
+    tuned = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(tuned.parameters(), lr=lr)
+    examples = [encode_example(tokenizer, student.student_message(p["problem"]),
+                               tiny_world.solution(p["problem"])) for p in problems]
+    rng = random.Random(seed)
+    for _ in range(steps):
+        ids, mask, labels = batch_tensors(rng.choices(examples, k=32), tokenizer.pad_token_id)
+        loss = tuned(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return tuned.eval()
+
+
+def main(seed: int = 0) -> None:
+    """Build (or find) the model and hard set, and print: the base model's accuracy by base and
+    length; the hard set; and whether short rare-base sums are stepping stones to the hard set
+    (accuracy on hard test after a short fine-tune on them, against one on easy base-10 sums)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    path = tiny_model_path(seed)
+    print(f"model: {path} (built in {json.loads((path / 'build.json').read_text())['build_seconds']} s)")
+    start = time.perf_counter()
+    hard_train, hard_test = tiny_hard_set(seed)
+    stats = json.loads(next(path.glob("hard-*/stats.json")).read_text())
+    print(f"hard set: {stats['n_hard']} of {stats['pool_size']} candidates solved 0/{HARD['k']} "
+          f"-> {len(hard_train)} train / {len(hard_test)} test "
+          f"({time.perf_counter() - start:.0f} s); solve counts {stats['solve_count_histogram']}")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    print("base model accuracy (100 problems per cell; sampled = 16 answers at temperature 1):")
+    for base in (10, tiny_world.RARE_BASE):
+        for digits in range(1, 7):
+            problems = tiny_world.generate_problems(
+                min(100, tiny_world.n_problems(digits, base)), digits, 7, base)
+            acc = accuracy(model, tokenizer, problems, 16)
+            print(f"  base {base:>2}, {digits} digits: greedy {acc['greedy']:.2f}  "
+                  f"sampled {acc['sampled']:.3f}")
+    print("hard test accuracy after a short fine-tune (greedy / sampled):")
+    acc = accuracy(model, tokenizer, hard_test, 16)
+    print(f"  no fine-tune: {acc['greedy']:.3f} / {acc['sampled']:.4f}")
+    stones = {f"base {tiny_world.RARE_BASE}, 1-2 digits": [(tiny_world.RARE_BASE, 1),
+                                                           (tiny_world.RARE_BASE, 2)],
+              f"base {tiny_world.RARE_BASE}, 3 digits": [(tiny_world.RARE_BASE, 3)],
+              "base 10, 1-3 digits": [(10, 1), (10, 2), (10, 3)]}
+    for name, cells in stones.items():
+        problems = [p for base, digits in cells for p in tiny_world.generate_problems(
+            min(1000, tiny_world.n_problems(digits, base)), digits, 11, base)]
+        acc = accuracy(fine_tuned(model, tokenizer, problems, STONE_STEPS, STONE_LR), tokenizer,
+                       hard_test, 16)
+        print(f"  on {name}: {acc['greedy']:.3f} / {acc['sampled']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

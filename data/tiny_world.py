@@ -1,12 +1,20 @@
-"""The tiny world's math domain: multi-digit addition with digit-by-digit working.
+"""The tiny world's math domain: multi-digit addition, in base 10 or in a rarely seen base.
 
-A problem is "Compute A+B." with A, B non-negative integers; its difficulty is the number of digits
-of the longer operand. The working adds one digit column per step, right to left, with the carry:
-"Compute 472+385." -> "2+5=7. 7+8=15. 4+3+1=8. \\boxed{857}". Every step is a one-digit lookup, so
-the skill is the same at every length and failing on longer numbers is a length-generalization
-failure, the kind that easier, slightly shorter problems (stepping stones) can fix. The answer space
-grows as 10^digits, so a model that cannot add long numbers does not hit the answer by chance (with
-a one-digit answer, 128 samples would always find it and fail@128 would be empty).
+A problem is "Compute 472+385." (base 10) or "In base 7, compute 452+365."; its difficulty is the
+number of digits of the longer operand. The working adds one digit column per step, right to left,
+writing each column sum in the problem's base: "In base 7, compute 452+365." ->
+"2+5=10. 5+6+1=15. 4+3+1=11. \\boxed{1150}". The base comes first so that the operands sit at the
+same distance from the working in both kinds of problem: the model's way of finding the digit to
+add then works in base 7 as it does in base 10, and base 7 differs only in its column facts.
+
+Why this domain. The pretrained tiny model adds base-10 numbers of a few digits reliably, but it
+has seen base 7 rarely, so it knows the base-7 column facts (4+5=12 in base 7) only partly: long
+base-7 sums, where several columns must all be right, it never gets right (the hard set), while
+short base-7 sums it sometimes gets right. Those short sums are the stepping stones: the facts
+they teach are the same at every column, so learning them from short sums carries over to long
+ones (measured). Difficulty by length alone does not work here: a model fine-tuned on 5-digit sums
+still fails 6-digit ones, since it learns positions per length. The answer space grows as
+base^digits, so a model that cannot do a sum does not hit its answer by chance in 128 samples.
 
 Everything the loop and the analysis need about the domain lives here: the problem generator, the
 exact checker for teacher-written questions, the student working and the teacher outputs that make
@@ -15,138 +23,170 @@ up the pretraining corpus (data/tiny_model.py trains on them).
 import random
 import re
 
+RARE_BASE = 7    # the base the tiny model has seen little of; its long sums are the hard problems
 MAX_DIGITS = 12  # longest operand that is still in the domain; longer questions are ill-posed
 
-_QUESTION = re.compile(r"Compute (0|[1-9][0-9]*)\+(0|[1-9][0-9]*)\.")
+_QUESTION = re.compile(r"(?:In base ([2-9]|10), compute|Compute) (0|[1-9][0-9]*)\+(0|[1-9][0-9]*)\.")
 _BOXED = re.compile(r"\\boxed\{(.*)\}")
 
 
-def question_text(a: int, b: int) -> str:
-    return f"Compute {a}+{b}."
+def to_base(value: int, base: int) -> str:
+    digits = ""
+    while True:
+        value, digit = divmod(value, base)
+        digits = str(digit) + digits
+        if value == 0:
+            return digits
 
 
-def parse_question(question: str) -> tuple[int, int] | None:
-    """(A, B) of a well-posed question, None for anything else (extra text, leading zeros, ...)."""
+def question_text(a: str, b: str, base: int = 10) -> str:
+    """The problem for operands written (as digit strings) in `base`."""
+    return f"Compute {a}+{b}." if base == 10 else f"In base {base}, compute {a}+{b}."
+
+
+def parse_question(question: str) -> tuple[str, str, int] | None:
+    """(A, B, base) of a well-posed question, None for anything else (extra text, leading zeros,
+    a digit the base does not have, ...)."""
     match = _QUESTION.fullmatch(question.strip())
-    if match is None or max(len(match[1]), len(match[2])) > MAX_DIGITS:
+    if match is None:
         return None
-    return int(match[1]), int(match[2])
+    base, a, b = int(match[1] or 10), match[2], match[3]
+    if max(len(a), len(b)) > MAX_DIGITS or max(int(digit) for digit in a + b) >= base:
+        return None
+    return a, b, base
 
 
 def difficulty(question: str) -> int | None:
     """Number of digits of the longer operand, None if the question is ill-posed."""
-    operands = parse_question(question)
-    return None if operands is None else max(len(str(x)) for x in operands)
+    parsed = parse_question(question)
+    return None if parsed is None else max(len(parsed[0]), len(parsed[1]))
 
 
-def _parse_answer(answer: str) -> int | None:
-    answer = answer.strip()
-    boxed = _BOXED.fullmatch(answer)
-    if boxed is not None:
-        answer = boxed[1].strip()
-    return int(answer) if re.fullmatch(r"-?[0-9]+", answer) else None
+def base_of(question: str) -> int | None:
+    parsed = parse_question(question)
+    return None if parsed is None else parsed[2]
+
+
+def gold_answer(question: str) -> str | None:
+    """The right answer (digits in the problem's base), None if the question is ill-posed."""
+    parsed = parse_question(question)
+    if parsed is None:
+        return None
+    a, b, base = parsed
+    return to_base(int(a, base) + int(b, base), base)
 
 
 def check_question(question: str, answer: str) -> dict:
     """Exact verdict on a teacher-written pair; `answer` with or without its \\boxed{}."""
-    operands = parse_question(question)
-    if operands is None:
+    gold = gold_answer(question)
+    if gold is None:
         return {"well_posed": False, "correct": False}
-    return {"well_posed": True, "correct": _parse_answer(answer) == sum(operands)}
+    answer = answer.strip()
+    boxed = _BOXED.fullmatch(answer)
+    if boxed is not None:
+        answer = boxed[1].strip()
+    # a numeral is right when it names the same number: leading zeros are allowed, as math-verify
+    # (which grades the student) allows them
+    return {"well_posed": True, "correct": re.fullmatch(r"[0-9]+", answer) is not None
+            and answer.lstrip("0") == gold.lstrip("0")}
 
 
-def random_operand(rng: random.Random, n_digits: int) -> int:
-    """A number with exactly n_digits digits (0 counts as one digit)."""
-    return rng.randrange(10 ** (n_digits - 1) if n_digits > 1 else 0, 10 ** n_digits)
+def random_operand(rng: random.Random, n_digits: int, base: int) -> str:
+    """Digits of a number with exactly n_digits digits in `base` (0 counts as one digit)."""
+    low = base ** (n_digits - 1) if n_digits > 1 else 0
+    return to_base(rng.randrange(low, base ** n_digits), base)
 
 
-def random_pair(rng: random.Random, n_digits: int, p_unequal: float = 0.0) -> tuple[int, int]:
+def random_pair(rng: random.Random, n_digits: int, base: int, p_unequal: float = 0.0):
     """Two operands, the longer with n_digits; with p_unequal the other one is shorter."""
     other = rng.randint(1, n_digits) if rng.random() < p_unequal else n_digits
-    pair = (random_operand(rng, n_digits), random_operand(rng, other))
+    pair = (random_operand(rng, n_digits, base), random_operand(rng, other, base))
     return pair if rng.random() < 0.5 else pair[::-1]
 
 
-def make_problem(a: int, b: int) -> dict:
-    return {"problem": question_text(a, b), "answer": str(a + b)}
+def n_problems(n_digits: int, base: int = 10) -> int:
+    """How many problems have both operands of exactly n_digits digits."""
+    return ((base - 1) * base ** (n_digits - 1) if n_digits > 1 else base) ** 2
 
 
-def generate_problems(n: int, n_digits: int, seed: int) -> list[dict]:
-    """n distinct problems whose operands both have n_digits digits, as {"problem", "answer"} rows."""
-    rng, seen, rows = random.Random(f"problems-{n_digits}-{seed}"), set(), []
-    if n > 10 ** (2 * n_digits):
-        raise ValueError(f"only {10 ** (2 * n_digits)} problems have {n_digits} digits, asked {n}")
+def generate_problems(n: int, n_digits: int, seed: int, base: int = 10) -> list[dict]:
+    """n distinct problems whose operands both have n_digits digits, as {"problem", "answer"}
+    rows (plus their "difficulty" and "base")."""
+    n_possible = n_problems(n_digits, base)
+    if n > n_possible:
+        raise ValueError(f"only {n_possible} problems have {n_digits} digits in base {base}, "
+                         f"asked {n}")
+    rng, seen, rows = random.Random(f"problems-{n_digits}-{base}-{seed}"), set(), []
     while len(rows) < n:
-        a, b = random_operand(rng, n_digits), random_operand(rng, n_digits)
-        if (a, b) not in seen:
-            seen.add((a, b))
-            rows.append(make_problem(a, b) | {"difficulty": n_digits})
+        problem = question_text(random_operand(rng, n_digits, base),
+                                random_operand(rng, n_digits, base), base)
+        if problem not in seen:
+            seen.add(problem)
+            rows.append({"problem": problem, "answer": gold_answer(problem),
+                         "difficulty": n_digits, "base": base})
     return rows
 
 
-def working_steps(a: int, b: int) -> list[tuple[int, int, int, int]]:
+def working_steps(a: str, b: str, base: int) -> list[tuple[int, int, int, int]]:
     """(digit of a, digit of b, carry in, column sum) per column, right to left."""
-    da, db = str(a)[::-1], str(b)[::-1]
+    da, db = a[::-1], b[::-1]
     steps, carry = [], 0
     for i in range(max(len(da), len(db))):
         x = int(da[i]) if i < len(da) else 0
         y = int(db[i]) if i < len(db) else 0
         steps.append((x, y, carry, x + y + carry))
-        carry = (x + y + carry) // 10
+        carry = (x + y + carry) // base
     return steps
-
-
-def render_working(steps: list[tuple[int, int, int, int]]) -> str:
-    """The student's text for given column steps; the boxed answer follows from the column sums."""
-    lines = [f"{x}+{y}+{c}={s}." if c else f"{x}+{y}={s}." for x, y, c, s in steps]
-    digits = [s % 10 for *_, s in steps][::-1]
-    answer = ("1" if steps[-1][3] >= 10 else "") + "".join(map(str, digits))
-    return " ".join(lines) + f" \\boxed{{{answer}}}"
 
 
 def solution(problem: str) -> str:
     """The correct step-by-step student completion for a well-posed problem (EOS not included)."""
-    operands = parse_question(problem)
-    if operands is None:
+    parsed = parse_question(problem)
+    if parsed is None:
         raise ValueError(f"not a tiny-world problem: {problem!r}")
-    return render_working(working_steps(*operands))
+    a, b, base = parsed
+    steps = working_steps(a, b, base)
+    lines = [f"{x}+{y}+{c}={to_base(s, base)}." if c else f"{x}+{y}={to_base(s, base)}."
+             for x, y, c, s in steps]
+    return " ".join(lines) + f" \\boxed{{{gold_answer(problem)}}}"
 
 
-def wrong_answer(rng: random.Random, a: int, b: int) -> int:
-    """A plausible wrong sum: one dropped carry or one changed digit."""
-    total = str(a + b)
+def wrong_answer(rng: random.Random, gold: str, base: int) -> str:
+    """A plausible wrong answer: one digit changed, or a carry forgotten."""
     while True:
-        if rng.random() < 0.5 and len(total) > 1:
-            candidate = a + b - 10 ** rng.randrange(1, len(total))  # a carry forgotten
+        i = rng.randrange(len(gold))
+        if rng.random() < 0.5 and i > 0 and gold[i] != "0":  # a carry into digit i forgotten
+            candidate = gold[:i] + str(int(gold[i]) - 1) + gold[i + 1:]
         else:
-            i = rng.randrange(len(total))
-            candidate = int(total[:i] + str(rng.randrange(10)) + total[i + 1:])
-        if candidate != a + b and candidate >= 0:
+            candidate = gold[:i] + str(rng.randrange(base)) + gold[i + 1:]
+        if candidate != gold and (candidate[0] != "0" or len(candidate) == 1):
             return candidate
 
 
-def ill_posed_question(rng: random.Random, a: int, b: int) -> str:
+def ill_posed_question(rng: random.Random, a: str, b: str, base: int) -> str:
     """Text that looks like a problem but is not one of the domain."""
+    compute = "Compute" if base == 10 else f"In base {base}, compute"
     return rng.choice([
-        f"Compute {a}+.", f"Compute +{b}.", f"Compute {a}++{b}.", f"Compute {a}+{b}+.",
-        f"Compute {a}.", f"Compute {a}+x.", f"Compute {a}+{b}+{a}.", "Compute .",
+        f"{compute} {a}+.", f"{compute} +{b}.", f"{compute} {a}++{b}.", f"{compute} {a}.",
+        f"{compute} {a}+x.", f"{compute} {a}+{b}+{a}.", f"In base 1, compute {a}+{b}.",
+        f"In base {RARE_BASE}, compute {a}9+{b}8.",
     ])
 
 
-def teacher_output(rng: random.Random, n_digits: int, *, p_working: float, p_wrong: float,
-                   p_ill_posed: float) -> str:
+def teacher_output(rng: random.Random, n_digits: int, base: int, *, p_working: float,
+                   p_wrong: float, p_ill_posed: float) -> str:
     """One teacher completion: optional working, then the question and answer tags.
 
-    The caller sets p_working to 0 beyond the lengths the student is taught: worked long sums
-    would teach the student's skill through the teacher's role.
+    The caller chooses p_working (the corpus gives working only to short base-10 problems, so
+    the teacher role does not teach the student's rare skill); worked answers are right.
     """
-    a, b = random_pair(rng, n_digits, p_unequal=0.3)
+    a, b = random_pair(rng, n_digits, base, p_unequal=0.3)
+    question = question_text(a, b, base)
+    gold = gold_answer(question)
     if rng.random() < p_ill_posed:
-        question, answer = ill_posed_question(rng, a, b), a + b + rng.randrange(-3, 4)
-        return f"<question>{question}</question><answer>\\boxed{{{max(answer, 0)}}}</answer>"
-    question = question_text(a, b)
-    if rng.random() < p_working:  # worked-out answers are right: the teacher can earn correctness
-        tags = f"<question>{question}</question><answer>\\boxed{{{a + b}}}</answer>"
-        return f"{question} {render_working(working_steps(a, b))} {tags}"
-    answer = wrong_answer(rng, a, b) if rng.random() < p_wrong else a + b
+        question = ill_posed_question(rng, a, b, base)
+    elif rng.random() < p_working:
+        tags = f"<question>{question}</question><answer>\\boxed{{{gold}}}</answer>"
+        return f"{question} {solution(question)} {tags}"
+    answer = wrong_answer(rng, gold, base) if rng.random() < p_wrong else gold
     return f"<question>{question}</question><answer>\\boxed{{{answer}}}</answer>"

@@ -23,6 +23,9 @@ TOY_BUILD = tiny_model.BUILD | {"steps": 4, "batch_size": 8, "vocab_size": 300, 
 @pytest.mark.parametrize("question, answer", [
     ("Compute 472+385.", "857"), ("Compute 472+385.", "\\boxed{857}"),
     ("  Compute 999+1.  ", " \\boxed{ 1000 } "), ("Compute 0+0.", "0"), ("Compute 7+12345.", "12352"),
+    ("In base 7, compute 452+365.", "1150"), ("In base 7, compute 6+1.", "\\boxed{10}"),
+    ("In base 7, compute 452+365.", "01150"), ("In base 2, compute 1+1.", "10"),
+    ("In base 10, compute 472+385.", "857"),
 ])
 def test_checker_accepts_right_answers(question, answer):
     assert tiny_world.check_question(question, answer) == {"well_posed": True, "correct": True}
@@ -34,56 +37,74 @@ def test_checker_marks_wrong_answers_to_well_posed_questions(answer):
                                                                       "correct": False}
 
 
+@pytest.mark.parametrize("answer", ["817", "1140", "\\boxed{1151}"])
+def test_checker_grades_rare_base_answers_in_their_base(answer):
+    assert tiny_world.check_question("In base 7, compute 452+365.", answer) == {
+        "well_posed": True, "correct": False}
+
+
 @pytest.mark.parametrize("question", [
     "Compute 472+.", "Compute +385.", "Compute 472++385.", "Compute 472+385+.", "Compute 472.",
     "Compute 472+x.", "Compute 1+2+3.", "Compute .", "Compute 0472+385.", "Compute 472+385",
     "compute 472+385.", "Compute 472-385.", "Compute 472 + 385.", "What is 472+385?", "",
-    "Compute 472+385. Compute 1+1.", "Compute 1234567890123+1.",
+    "Compute 472+385. Compute 1+1.", "Compute 1234567890123+1.", "In base 7, compute 19+3.",
+    "In base 1, compute 4+5.", "In base 11, compute 4+5.", "In base 07, compute 4+5.",
+    "In base 7, compute 4+5", "In base seven, compute 4+5.", "in base 7, compute 4+5.",
+    "In base 7 compute 4+5.", "Compute 4+5 in base 7.",
 ])
 def test_checker_marks_ill_posed_questions(question):
     assert tiny_world.check_question(question, "857") == {"well_posed": False, "correct": False}
     assert tiny_world.difficulty(question) is None
 
 
-def test_difficulty_is_the_longer_operand():
+def test_difficulty_is_the_longer_operand_and_the_base_is_read():
     assert tiny_world.difficulty("Compute 7+12345.") == 5
     assert tiny_world.difficulty("Compute 0+0.") == 1
+    assert tiny_world.base_of("Compute 7+12345.") == 10
+    assert tiny_world.base_of("In base 7, compute 6+12345.") == 7
+    assert tiny_world.difficulty("In base 7, compute 6+12345.") == 5
 
 
 # ---- generator and working ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("n_digits", [1, 3, 6])
-def test_generated_problems_have_their_difficulty_and_right_answers(n_digits):
-    rows = tiny_world.generate_problems(40, n_digits, seed=0)
+@pytest.mark.parametrize("n_digits, base", [(1, 10), (3, 10), (6, 10), (1, 7), (4, 7)])
+def test_generated_problems_have_their_difficulty_base_and_right_answers(n_digits, base):
+    rows = tiny_world.generate_problems(40, n_digits, seed=0, base=base)
     assert len({r["problem"] for r in rows}) == 40
     for r in rows:
         assert tiny_world.difficulty(r["problem"]) == r["difficulty"] == n_digits
+        assert tiny_world.base_of(r["problem"]) == r["base"] == base
         assert tiny_world.check_question(r["problem"], r["answer"])["correct"]
-    assert rows == tiny_world.generate_problems(40, n_digits, seed=0)
-    assert rows != tiny_world.generate_problems(40, n_digits, seed=1)
+    assert rows == tiny_world.generate_problems(40, n_digits, seed=0, base=base)
+    assert rows != tiny_world.generate_problems(40, n_digits, seed=1, base=base)
 
 
 def test_generator_refuses_more_problems_than_exist():
-    with pytest.raises(ValueError, match="only 100 problems"):
-        tiny_world.generate_problems(101, 1, seed=0)
+    with pytest.raises(ValueError, match="only 49 problems have 1 digits in base 7"):
+        tiny_world.generate_problems(50, 1, seed=0, base=7)
+    assert len(tiny_world.generate_problems(49, 1, seed=0, base=7)) == 49
 
 
 def test_solution_works_column_by_column_to_the_right_sum():
     assert tiny_world.solution("Compute 472+385.") == "2+5=7. 7+8=15. 4+3+1=8. \\boxed{857}"
     assert tiny_world.solution("Compute 999+1.") == "9+1=10. 9+0+1=10. 9+0+1=10. \\boxed{1000}"
+    assert (tiny_world.solution("In base 7, compute 452+365.")
+            == "2+5=10. 5+6+1=15. 4+3+1=11. \\boxed{1150}")
     rng = random.Random(0)
     for _ in range(200):
-        a, b = tiny_world.random_pair(rng, rng.randint(1, 8), p_unequal=0.5)
-        boxed = re.search(r"\\boxed\{(\d+)\}$", tiny_world.solution(tiny_world.question_text(a, b)))
-        assert int(boxed[1]) == a + b
+        base = rng.choice([10, 7, 2])
+        a, b = tiny_world.random_pair(rng, rng.randint(1, 8), base, p_unequal=0.5)
+        working = tiny_world.solution(tiny_world.question_text(a, b, base))
+        boxed = re.search(r"\\boxed\{(\d+)\}$", working)
+        assert int(boxed[1], base) == int(a, base) + int(b, base)
 
 
 def test_teacher_outputs_mix_right_wrong_and_ill_posed_pairs():
     rng = random.Random(0)
     verdicts = []
     for _ in range(2000):
-        text = tiny_world.teacher_output(rng, rng.randint(1, 6), p_working=0.3, p_wrong=0.3,
-                                         p_ill_posed=0.1)
+        text = tiny_world.teacher_output(rng, rng.randint(1, 6), rng.choice([10, 7]),
+                                         p_working=0.3, p_wrong=0.3, p_ill_posed=0.1)
         pair = re.search(r"<question>(.*)</question><answer>(\\boxed\{.*\})</answer>$", text)
         assert pair, text
         verdicts.append(tiny_world.check_question(pair[1], pair[2]))
@@ -92,11 +113,20 @@ def test_teacher_outputs_mix_right_wrong_and_ill_posed_pairs():
     assert 0.05 < ill < 0.15 and 0.1 < wrong < 0.3
 
 
-def test_corpus_has_no_worked_teacher_sums_beyond_the_student_range():
+def test_corpus_teacher_works_out_only_short_base_10_sums():
     for user, completion in tiny_model.corpus(3000, seed=0, build=tiny_model.BUILD):
         if user == teacher.TEACHER_INSTRUCTION and "=" in completion:
             question = re.search(r"<question>(.*)</question>", completion)[1]
             assert tiny_world.difficulty(question) <= tiny_model.BUILD["teacher_max_working_digits"]
+            assert tiny_world.base_of(question) == 10
+
+
+def test_corpus_mixes_roles_and_bases_as_configured():
+    examples = tiny_model.corpus(4000, seed=0, build=tiny_model.BUILD)
+    prompts = [u for u, c in examples if u != teacher.TEACHER_INSTRUCTION]
+    assert abs(len(prompts) / len(examples) - tiny_model.BUILD["p_student"]) < 0.03
+    share_rare = sum(f"base {tiny_world.RARE_BASE}" in u for u in prompts) / len(prompts)
+    assert abs(share_rare - tiny_model.BUILD["p_rare_student"]) < 0.01
 
 
 # ---- tokenizer ---------------------------------------------------------------------------------
