@@ -94,6 +94,7 @@ class Config:
     check_timeout: float = setting(5.0, "seconds an answer check may take (then: wrong)")
     sample_every: int = setting(5, "print a teacher question and student answer every N steps")
     log: str = setting("none", "also send metrics to tensorboard or wandb (package must be installed)")
+    threads: int = setting(0, "torch CPU threads; 0: torch's default")
 
     @property
     def use_chat_template(self) -> bool:
@@ -108,7 +109,7 @@ PRESETS = {
                  outer_steps=10, n=16, inner_steps=4, teacher_lr=1e-3, student_lr=2e-3,
                  teacher_warmup=2, teacher_max_tokens=64, student_max_tokens=64, fresh_steps=20,
                  pq_steps=12, sampled_questions=64, probe_every=4, sample_every=3,
-                 micro_batch=64, sample_batch=256),
+                 micro_batch=64, sample_batch=256, threads=1),
     "small": {},
     "paper": {},
 }
@@ -116,7 +117,7 @@ PRESETS = {
 SMOKE = dict(seeds=1, outer_steps=2, g=2, n=4, r=1, q_r=4, inner_steps=1, student_batch=2,
              group_size=2, teacher_max_tokens=48, student_max_tokens=48, fresh_steps=2,
              pq_steps=1, sampled_questions=4, eval_samples=4, ks="1,4", intrinsic_samples=2,
-             probe_every=1, methods="base,soar,hard_only,intrinsic_t,base_t")
+             probe_every=1, methods="base,soar,hard_only,intrinsic_t,base_t", threads=1)
 ALL_METHODS = ("base", "soar", "hard_only", "intrinsic_t", "base_t")
 
 
@@ -710,6 +711,10 @@ def main(argv: list[str]) -> None:
                    "problems; Q_R will be the whole hard train set")
     if cfg.quant == "auto":
         cfg.quant = "4bit" if torch.cuda.is_available() and cfg.model != "tiny" else "none"
+    if cfg.threads:
+        # A tiny model's matmuls are too small to split across cores: one thread is faster, and
+        # far faster when other processes (the answer checkers) want the other core.
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_model(path, cfg.quant, cfg.lora_rank, cfg.lora_alpha)
     if cfg.chat_template == "auto":
