@@ -8,8 +8,9 @@ so the pretrained model is already a student and a teacher:
 - as student it adds base-10 numbers of a few digits, and has seen sums in the rare base (7)
   only rarely, so it knows them partly: long rare-base sums are its hard problems;
 - as teacher it writes `<question>...</question><answer>\\boxed{...}</answer>` pairs, mostly
-  base-10, sometimes in the rare base (the stepping stones), sometimes ill-posed, often with a
-  wrong answer, sometimes after working.
+  base-10, rarely in the rare base (short ones are the stepping stones), some ill-posed; half the
+  time it works the sum out inside the answer tag before the box, and is then about as often
+  right as the student, otherwise it guesses and is mostly wrong.
 `tiny_hard_set(seed)` keeps the long rare-base problems it solves 0 times in 128 samples
 (data/build_hard.py, the same fail@k filter as the real datasets), split 50/50 into hard train and
 hard test. `python -m data.tiny_model` builds both and prints the measurements that show the
@@ -28,18 +29,21 @@ import torch
 
 from data import tiny_world
 
-VERSION = 3  # bump when the build changes in a way the settings below do not show
+VERSION = 4  # bump when the build changes in a way the settings below do not show
 
 BUILD = {
     # corpus: the share of student examples, the digit mixes of each role, the share of rare-base
-    # problems in each role (the rare base's digits are drawn uniformly up to rare_max_digits)
+    # problems in each role (the rare base's digits are drawn uniformly up to rare_max_digits).
+    # Worked rare-base sums, the student's and the teacher's, set how well the model knows base 7:
+    # 0.7% of the corpus leaves most 4-digit base-7 sums unsolved and 3-digit ones sometimes
+    # solved; at 1.1% most 4-digit ones get solved sometimes and the hard set shrinks (measured).
     "p_student": 0.7,
     "student_digits": {1: 0.1, 2: 0.2, 3: 0.35, 4: 0.35},
     "teacher_digits": {1: 0.06, 2: 0.16, 3: 0.28, 4: 0.2, 5: 0.14, 6: 0.09, 7: 0.05, 8: 0.02},
-    "p_rare_student": 0.01, "p_rare_teacher": 0.1, "rare_max_digits": 4,
-    "teacher_max_working_digits": 3,  # longer or rare-base teacher problems come without working
+    "p_rare_student": 0.003, "p_rare_teacher": 0.035, "rare_max_digits": 4,
+    "teacher_max_working_digits": 4,  # longer teacher problems come without working
     "p_unequal": 0.3,
-    "p_working": 0.25, "p_wrong": 0.35, "p_ill_posed": 0.06,
+    "p_working": 0.5, "p_wrong": 0.35, "p_ill_posed": 0.06,
     # tokenizer and model
     "vocab_size": 640,
     "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -48,10 +52,10 @@ BUILD = {
     "steps": 1500, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100, "weight_decay": 0.01,
 }
 # the hard set: rare-base candidates of these lengths, kept if solved 0 times in k samples
-HARD = {"digits": [4], "candidates_per_digit": 128, "k": 128, "max_new_tokens": 64,
+HARD = {"digits": [4], "candidates_per_digit": 256, "k": 128, "max_new_tokens": 64,
         "batch_size": 512}
 # the stepping-stone check of `main`: supervised steps (batch 32) and learning rate
-STONE_STEPS, STONE_LR = 100, 1e-3
+STONE_STEPS, STONE_LR = 100, 1e-4
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 
@@ -93,7 +97,7 @@ def corpus_example(rng: random.Random, build: dict) -> tuple[str, str]:
         problem = tiny_world.question_text(*tiny_world.random_pair(
             rng, n_digits, base, build["p_unequal"]), base)
         return student.student_message(problem), tiny_world.solution(problem)
-    short = base == 10 and n_digits <= build["teacher_max_working_digits"]
+    short = n_digits <= build["teacher_max_working_digits"]
     return teacher.TEACHER_INSTRUCTION, tiny_world.teacher_output(
         rng, n_digits, base, p_working=build["p_working"] if short else 0.0,
         p_wrong=build["p_wrong"], p_ill_posed=build["p_ill_posed"])
@@ -253,14 +257,19 @@ def hard_candidates(seed: int) -> list[dict]:
                                                     tiny_world.RARE_BASE)]
 
 
+def hard_dir(seed: int) -> Path:
+    """Where the hard set of the current settings lives, inside the model's directory."""
+    key = hashlib.sha256(json.dumps(HARD, sort_keys=True).encode()).hexdigest()[:8]
+    return model_dir(seed, BUILD) / f"hard-{key}"
+
+
 def tiny_hard_set(seed: int = 0, progress: bool = True) -> tuple[list[dict], list[dict]]:
     """(hard_train, hard_test) of the tiny model of this seed, built with data/build_hard.py."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from data.build_hard import build_hard
     path = tiny_model_path(seed, progress)
-    key = hashlib.sha256(json.dumps(HARD, sort_keys=True).encode()).hexdigest()[:8]
-    out_dir = path / f"hard-{key}"
+    out_dir = hard_dir(seed)
     if not (out_dir / "stats.json").exists():  # written last: its presence means a finished build
         model = AutoModelForCausalLM.from_pretrained(path).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -323,7 +332,7 @@ def main(seed: int = 0) -> None:
     print(f"model: {path} (built in {json.loads((path / 'build.json').read_text())['build_seconds']} s)")
     start = time.perf_counter()
     hard_train, hard_test = tiny_hard_set(seed)
-    stats = json.loads(next(path.glob("hard-*/stats.json")).read_text())
+    stats = json.loads((hard_dir(seed) / "stats.json").read_text())
     print(f"hard set: {stats['n_hard']} of {stats['pool_size']} candidates solved 0/{HARD['k']} "
           f"-> {len(hard_train)} train / {len(hard_test)} test "
           f"({time.perf_counter() - start:.0f} s); solve counts {stats['solve_count_histogram']}")
@@ -337,18 +346,21 @@ def main(seed: int = 0) -> None:
             acc = accuracy(model, tokenizer, problems, 16)
             print(f"  base {base:>2}, {digits} digits: greedy {acc['greedy']:.2f}  "
                   f"sampled {acc['sampled']:.3f}")
-    print("hard test accuracy after a short fine-tune (greedy / sampled):")
-    acc = accuracy(model, tokenizer, hard_test, 16)
+    # the fine-tunes never see a hard problem, so all of them (train and test) measure it
+    hard = hard_train + hard_test
+    print(f"accuracy on all {len(hard)} hard problems after {STONE_STEPS} fine-tuning steps on "
+          f"correct working (greedy / sampled):")
+    acc = accuracy(model, tokenizer, hard, 16)
     print(f"  no fine-tune: {acc['greedy']:.3f} / {acc['sampled']:.4f}")
-    stones = {f"base {tiny_world.RARE_BASE}, 1-2 digits": [(tiny_world.RARE_BASE, 1),
-                                                           (tiny_world.RARE_BASE, 2)],
-              f"base {tiny_world.RARE_BASE}, 3 digits": [(tiny_world.RARE_BASE, 3)],
-              "base 10, 1-3 digits": [(10, 1), (10, 2), (10, 3)]}
+    rare = tiny_world.RARE_BASE
+    stones = {f"base {rare}, 3 digits (d-1)": [(rare, 3)],
+              f"base {rare}, 1-2 digits (d-2, d-3)": [(rare, 1), (rare, 2)],
+              "base 10, 1-4 digits (easy)": [(10, 1), (10, 2), (10, 3), (10, 4)]}
     for name, cells in stones.items():
         problems = [p for base, digits in cells for p in tiny_world.generate_problems(
             min(1000, tiny_world.n_problems(digits, base)), digits, 11, base)]
         acc = accuracy(fine_tuned(model, tokenizer, problems, STONE_STEPS, STONE_LR), tokenizer,
-                       hard_test, 16)
+                       hard, 16)
         print(f"  on {name}: {acc['greedy']:.3f} / {acc['sampled']:.4f}")
 
 

@@ -175,10 +175,12 @@ def ill_posed_question(rng: random.Random, a: str, b: str, base: int) -> str:
 
 def teacher_output(rng: random.Random, n_digits: int, base: int, *, p_working: float,
                    p_wrong: float, p_ill_posed: float) -> str:
-    """One teacher completion: optional working, then the question and answer tags.
+    """One teacher completion: the question tag, then the answer tag, in which the answer may
+    follow the working (the last \\boxed{} in the answer tag is the answer).
 
-    The caller chooses p_working (the corpus gives working only to short base-10 problems, so
-    the teacher role does not teach the student's rare skill); worked answers are right.
+    Working sits right after the question, as the student's does after its prompt, so the teacher
+    gets its answers right about as often as the student would; a bare answer is a guess (the
+    model cannot add long numbers in one go) and the corpus makes p_wrong of them wrong.
     """
     a, b = random_pair(rng, n_digits, base, p_unequal=0.3)
     question = question_text(a, b, base)
@@ -186,7 +188,6 @@ def teacher_output(rng: random.Random, n_digits: int, base: int, *, p_working: f
     if rng.random() < p_ill_posed:
         question = ill_posed_question(rng, a, b, base)
     elif rng.random() < p_working:
-        tags = f"<question>{question}</question><answer>\\boxed{{{gold}}}</answer>"
-        return f"{question} {solution(question)} {tags}"
+        return f"<question>{question}</question><answer>{solution(question)}</answer>"
     answer = wrong_answer(rng, gold, base) if rng.random() < p_wrong else gold
     return f"<question>{question}</question><answer>\\boxed{{{answer}}}</answer>"
