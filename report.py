@@ -268,7 +268,7 @@ def plots(runs, config, summary):
             runs, [("valid_rate", None, "valid share of teacher samples")], "Teacher valid rate")),
         ("diversity.png", "Question diversity", "diversity metrics", lambda: plot_per_method(
             runs, [("diversity", "distinct", "distinct-question share"),
-                   ("diversity", "ngram_entropy", "n-gram entropy (nats)")], "Diversity")),
+                   ("diversity", "ngram_entropy", "n-gram entropy (bits)")], "Diversity")),
         ("quality.png", "Question quality (exact checker)", "quality metrics (tiny world only)",
          lambda: plot_per_method(runs, [("quality", "well_posed", "well-posed share"),
                                         ("quality", "correct", "correct-answer share")],
