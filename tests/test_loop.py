@@ -243,3 +243,26 @@ def test_sigkill_mid_run_loses_at_most_the_step_in_progress(lm_dir, problem_file
     assert done.returncode == 0, done.stderr[-2000:]
     assert [r["step"] for r in train.read_jsonl(metrics)] == [0, 1, 2]
     assert (out / "summary.json").exists()
+
+
+def test_corrupt_checkpoint_is_named_and_left_in_place(lm_dir, problem_files, tmp_path):
+    out = tmp_path / "run"
+    train.main(_smoke_args(lm_dir, problem_files, out, "--methods", "soar", "--outer-steps", "1"))
+    checkpoint = out / "seed0" / "soar" / "checkpoint.pt"
+    checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="checkpoint .*checkpoint.pt is corrupt"):
+        train.main(["--resume", str(out)])
+    assert checkpoint.read_bytes() == b"not a checkpoint"
+
+
+def test_resume_of_a_folder_without_a_run_says_so(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_config(["--resume", str(tmp_path)])
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_unwritable_output_fails_with_a_message(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit, match="is not writable"):
+        train.prepare_run_dir(blocker / "run")  # a folder under a file can never be made
