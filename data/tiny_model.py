@@ -304,15 +304,32 @@ def accuracy(model, tokenizer, problems: list[dict], n_samples: int, seed: int =
     return result
 
 
-def fine_tuned(model, tokenizer, problems: list[dict], steps: int, lr: float, seed: int = 0):
-    """A copy of the model after `steps` of supervised training on the problems' correct working
-    (a quick stand-in for RL on problems the student learns to solve)."""
-    import copy
+def own_correct_answers(model, tokenizer, problems: list[dict], n: int, seed: int = 0) -> list:
+    """(prompt ids, completion ids) of the model's own right answers: n samples per problem at
+    temperature 1, kept if right (training on them is RL with a binary reward, in its simplest
+    form: expert iteration)."""
+    from models import encode_prompt
+    from rewards import extract_boxed
+    from sampler import decode, sample
     import student
+    prompts = [encode_prompt(tokenizer, student.student_message(p["problem"]), False)
+               for p in problems]
+    rollouts = sample(model, prompts, n=n, max_new_tokens=HARD["max_new_tokens"],
+                      eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id,
+                      batch_size=HARD["batch_size"], generator=torch.Generator().manual_seed(seed))
+    golds = [p["answer"] for p in problems for _ in range(n)]
+    return [(prompt, completion) for prompt, completion, finished, text, gold in zip(
+                rollouts.prompt_ids, rollouts.completion_ids, rollouts.finished,
+                decode(tokenizer, rollouts.completion_ids), golds)
+            if finished and (extract_boxed(text) or "").strip() == gold]
+
+
+def fine_tuned(model, tokenizer, examples: list, steps: int, lr: float, seed: int = 0):
+    """A copy of the model after `steps` of supervised training (batch 32) on (prompt ids,
+    completion ids) examples: a quick stand-in for the student's RL on those problems."""
+    import copy
     tuned = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(tuned.parameters(), lr=lr)
-    examples = [encode_example(tokenizer, student.student_message(p["problem"]),
-                               tiny_world.solution(p["problem"])) for p in problems]
     rng = random.Random(seed)
     for _ in range(steps):
         ids, mask, labels = batch_tensors(rng.choices(examples, k=32), tokenizer.pad_token_id)
@@ -326,8 +343,10 @@ def fine_tuned(model, tokenizer, problems: list[dict], steps: int, lr: float, se
 def main(seed: int = 0) -> None:
     """Build (or find) the model and hard set, and print: the base model's accuracy by base and
     length; the hard set; and whether short rare-base sums are stepping stones to the hard set
-    (accuracy on hard test after a short fine-tune on them, against one on easy base-10 sums)."""
+    (accuracy on it after a short fine-tune on them, against one on easy base-10 sums)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import student
     path = tiny_model_path(seed)
     print(f"model: {path} (built in {json.loads((path / 'build.json').read_text())['build_seconds']} s)")
     start = time.perf_counter()
@@ -348,21 +367,24 @@ def main(seed: int = 0) -> None:
                   f"sampled {acc['sampled']:.3f}")
     # the fine-tunes never see a hard problem, so all of them (train and test) measure it
     hard = hard_train + hard_test
-    print(f"accuracy on all {len(hard)} hard problems after {STONE_STEPS} fine-tuning steps on "
-          f"correct working (greedy / sampled):")
     acc = accuracy(model, tokenizer, hard, 16)
-    print(f"  no fine-tune: {acc['greedy']:.3f} / {acc['sampled']:.4f}")
+    print(f"accuracy on all {len(hard)} hard problems (greedy / sampled), before: "
+          f"{acc['greedy']:.3f} / {acc['sampled']:.4f}; after {STONE_STEPS} steps of training on")
     rare = tiny_world.RARE_BASE
     stones = {f"base {rare}, 3 digits (d-1)": [(rare, 3)],
               f"base {rare}, 1-2 digits (d-2, d-3)": [(rare, 1), (rare, 2)],
               "base 10, 1-4 digits (easy)": [(10, 1), (10, 2), (10, 3), (10, 4)]}
     for name, cells in stones.items():
         problems = [p for base, digits in cells for p in tiny_world.generate_problems(
-            min(1000, tiny_world.n_problems(digits, base)), digits, 11, base)]
-        acc = accuracy(fine_tuned(model, tokenizer, problems, STONE_STEPS, STONE_LR), tokenizer,
-                       hard, 16)
-        print(f"  on {name}: {acc['greedy']:.3f} / {acc['sampled']:.4f}")
-
+            min(256 // len(cells), tiny_world.n_problems(digits, base)), digits, 11, base)]
+        working = [encode_example(tokenizer, student.student_message(p["problem"]),
+                                  tiny_world.solution(p["problem"])) for p in problems]
+        own = own_correct_answers(model, tokenizer, problems, 8)
+        for examples, what in ((working, "their correct working"),
+                               (own, f"its own {len(own)} right answers of {8 * len(problems)}")):
+            tuned = fine_tuned(model, tokenizer, examples, STONE_STEPS, STONE_LR)
+            acc = accuracy(tuned, tokenizer, hard, 16)
+            print(f"  {name}, {what}: {acc['greedy']:.3f} / {acc['sampled']:.4f}")
 
 if __name__ == "__main__":
     main()
