@@ -28,7 +28,7 @@ from tqdm import tqdm
 from models import (ModelUnavailable, adapter_state, load_adapter_state, load_model,
                     make_optimizer, resolve_model, save_adapter, timed)
 from rewards import learnability, pass_at_k
-from student import correct_counts, greedy_accuracy, rloo_step, train_student
+from student import answer, correct_counts, greedy_accuracy, rloo_step, train_student
 from teacher import question_diversity, sample_pairs, teacher_update
 
 
@@ -485,7 +485,6 @@ def log_step(row: dict, bar) -> None:
 
 
 def show_sample(w: World, pair: dict) -> None:
-    from student import answer
     response = answer(w.model, w.tokenizer, [pair], w.cfg, n=1, temperature=0.0)[0]
     tqdm.write(f"  teacher Q: {pair['problem'][:300]!r} A: {pair['answer']!r}\n"
                f"  student:   {response[:300]!r}")
@@ -572,36 +571,38 @@ def run_seed(w: World, seed: int, run_dir: Path) -> dict:
     """Every requested method for one seed; returns {method: pass@k result}."""
     cfg = w.cfg
     methods = cfg.methods.split(",")
-    sd = run_dir / f"seed{seed}"
-    for name in ("base", "soar", "soar_ps", "soar_pq", "hard_only", "intrinsic", "intrinsic_t",
-                 "base_t"):
-        (sd / name).mkdir(parents=True, exist_ok=True)
+    seed_dir = run_dir / f"seed{seed}"
+
+    def sd(name: str) -> Path:  # each stage's folder, made when the stage runs
+        (seed_dir / name).mkdir(parents=True, exist_ok=True)
+        return seed_dir / name
+
     hard = [(w.hard_train, cfg.fresh_steps)]
     results = {}
     if "base" in methods:
-        results["base"] = evaluate(w, None, "base", seed, sd / "base")
+        results["base"] = evaluate(w, None, "base", seed, sd("base"))
     if "soar" in methods:
-        soar = run_teacher(w, "soar", seed, sd / "soar")
-        results["soar_ps"] = evaluate(w, soar["baseline"], "soar_ps", seed, sd / "soar_ps")
+        soar = run_teacher(w, "soar", seed, sd("soar"))
+        results["soar_ps"] = evaluate(w, soar["baseline"], "soar_ps", seed, sd("soar_ps"))
         pq = soar["promoted_questions"]
         phases = ([(pq, cfg.pq_steps)] if pq else []) + hard
-        student = train_fresh_student(w, "soar_pq", seed, phases, sd / "soar_pq")
-        results["soar_pq"] = evaluate(w, student, "soar_pq", seed, sd / "soar_pq")
+        student = train_fresh_student(w, "soar_pq", seed, phases, sd("soar_pq"))
+        results["soar_pq"] = evaluate(w, student, "soar_pq", seed, sd("soar_pq"))
     if "hard_only" in methods:
-        student = train_fresh_student(w, "hard_only", seed, hard, sd / "hard_only")
-        results["hard_only"] = evaluate(w, student, "hard_only", seed, sd / "hard_only")
+        student = train_fresh_student(w, "hard_only", seed, hard, sd("hard_only"))
+        results["hard_only"] = evaluate(w, student, "hard_only", seed, sd("hard_only"))
     for name, teacher in (("intrinsic_t", None), ("base_t", w.fresh_teacher)):
         if name not in methods:
             continue
         if teacher is None:
-            teacher = run_teacher(w, "intrinsic", seed, sd / "intrinsic")["teacher"]
-        questions = sample_teacher_questions(w, teacher, seed, sd / name)
+            teacher = run_teacher(w, "intrinsic", seed, sd("intrinsic"))["teacher"]
+        questions = sample_teacher_questions(w, teacher, seed, sd(name))
         if not questions:
             tqdm.write(f"seed {seed} {name}: the teacher wrote no valid question; "
                        "its student trains on the hard set alone")
         phases = ([(questions, cfg.pq_steps)] if questions else []) + hard
-        student = train_fresh_student(w, name, seed, phases, sd / name)
-        results[name] = evaluate(w, student, name, seed, sd / name)
+        student = train_fresh_student(w, name, seed, phases, sd(name))
+        results[name] = evaluate(w, student, name, seed, sd(name))
     return results
 
 
