@@ -227,10 +227,14 @@ def load_checkpoint(path: Path):
                          "delete it to restart that part of the run") from None
 
 
-def write_jsonl(path: Path, rows) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_jsonl(path: Path, rows) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def forget_unfinished_steps(job: Path, steps_done: int) -> None:
@@ -561,9 +565,7 @@ def evaluate(w: World, student: dict | None, name: str, seed: int, job: Path) ->
               "pass_at_k": {str(k): statistics.mean(pass_at_k(w.cfg.eval_samples, c, k)
                                                      for c in counts) for k in ks}}
     job.mkdir(parents=True, exist_ok=True)
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, result_path)
+    atomic_write_text(result_path, json.dumps(result, indent=1))
     return result
 
 
