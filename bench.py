@@ -320,7 +320,8 @@ def bench_trl_rloo(path, texts, args, device):
         gradient_accumulation_steps=rows // args.micro_batch, num_generations=args.group,
         max_completion_length=args.max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, beta=0.001,
         learning_rate=1e-5, max_steps=1 + args.rloo_steps, logging_steps=1, save_strategy="no", report_to=[],
-        use_cpu=device.type == "cpu", bf16=device.type == "cuda", seed=args.seed, disable_dropout=True)
+        use_cpu=device.type == "cpu", bf16=device.type == "cuda", seed=args.seed, disable_dropout=True,
+        gradient_checkpointing=False)  # TRL's default is on; ours never recomputes activations
     lora = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, lora_dropout=0.0,
                       target_modules="all-linear", task_type="CAUSAL_LM")
     dataset = Dataset.from_list([{"prompt": t} for t in texts] * (1 + args.rloo_steps))

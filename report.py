@@ -21,7 +21,7 @@ KS = ("1", "4", "8", "16", "32")
 METHOD_ORDER = ("base", "hard_only", "soar", "soar_ps", "soar_pq", "intrinsic", "intrinsic_t", "base_t")
 LABELS = {"base": "Base", "hard_only": "Hard-Only", "soar_ps": "SOAR-PS", "soar_pq": "SOAR-PQ",
           "intrinsic_t": "Intrinsic-T", "base_t": "Base-T", "soar": "SOAR",
-          "intrinsic": "Intrinsic-T"}
+          "intrinsic": "Intrinsic"}  # the teacher; Intrinsic-T is the student it feeds
 COLORS = {"base": "0.45", "hard_only": "tab:red", "soar_ps": "tab:green", "soar_pq": "tab:blue",
           "intrinsic_t": "tab:orange", "base_t": "tab:purple", "soar": "tab:blue",
           "intrinsic": "tab:orange"}
@@ -206,6 +206,8 @@ def plot_pass_at_k(summary):
 
 
 def fmt(value):
+    if isinstance(value, dict) and "mean" in value:  # a statistic over seeds
+        return f"{value['mean']:.3g} ± {value.get('sd') or 0:.2g}"
     if isinstance(value, float):
         return f"{value:.3g}"
     if isinstance(value, (dict, list)):

@@ -112,10 +112,12 @@ def sample_chunk(model, prompt_ids, prompt_of_row, max_new_tokens, temperature, 
     cache = DynamicCache(config=model.config)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
                 cache=cache, use_cache=True, logits_to_keep=1)
-    row_to_prefill = torch.tensor([distinct.index(i) for i in prompt_of_row], device=device)
-    cache.batch_select_indices(row_to_prefill)
-    logits = out.logits[row_to_prefill, -1]
-    mask = mask[row_to_prefill]
+    logits = out.logits[:, -1]
+    if len(distinct) < len(prompt_of_row):  # n > 1: give each row its prompt's cache
+        slot = {prompt: k for k, prompt in enumerate(distinct)}
+        row_to_prefill = torch.tensor([slot[i] for i in prompt_of_row], device=device)
+        cache.batch_select_indices(row_to_prefill)
+        logits, mask = logits[row_to_prefill], mask[row_to_prefill]
     next_position = mask.sum(-1)
 
     rows = len(prompt_of_row)

@@ -105,11 +105,11 @@ class Config:
 PRESETS = {
     # The tiny world on a 2-core CPU: all methods and 3 seeds in about half an hour.
     "tiny": dict(quant="none", chat_template="off", seeds=3,
-                 methods="base,soar,hard_only,intrinsic_t", lora_rank=8, lora_alpha=16,
-                 outer_steps=10, n=16, inner_steps=4, teacher_lr=1e-3, student_lr=2e-3,
-                 teacher_warmup=2, teacher_max_tokens=64, student_max_tokens=64, fresh_steps=20,
-                 pq_steps=12, sampled_questions=64, probe_every=4, sample_every=3,
-                 micro_batch=64, sample_batch=256, threads=1),
+                 methods="base,soar,hard_only,intrinsic_t", lora_rank=16, lora_alpha=32,
+                 outer_steps=8, n=16, r=1, q_r=64, inner_steps=8, student_batch=16,
+                 teacher_lr=1e-3, student_lr=1e-3, teacher_warmup=2, teacher_max_tokens=64,
+                 student_max_tokens=64, fresh_steps=20, pq_steps=12, sampled_questions=64,
+                 probe_every=4, sample_every=3, micro_batch=64, sample_batch=256, threads=1),
     "small": {},
     "paper": {},
 }

@@ -8,13 +8,13 @@ so the pretrained model is already a student and a teacher:
 - as student it adds base-10 numbers of a few digits, and has seen sums in the rare base (7)
   only rarely, so it knows them partly: long rare-base sums are its hard problems;
 - as teacher it writes `<question>...</question><answer>\\boxed{...}</answer>` pairs, mostly
-  base-10, rarely in the rare base (short ones are the stepping stones), some ill-posed; half the
-  time it works the sum out inside the answer tag before the box, and is then about as often
-  right as the student, otherwise it guesses and is mostly wrong.
+  base-10 of 1-6 digits, 15% short rare-base sums (the stepping stones), some ill-posed; most
+  of the time it works a sum of up to 4 digits out inside the answer tag before the box, and is
+  then about as often right as the student, otherwise it guesses and is mostly wrong.
 `tiny_hard_set(seed)` keeps the long rare-base problems it solves 0 times in 128 samples
 (data/build_hard.py, the same fail@k filter as the real datasets), split 50/50 into hard train and
-hard test. `python -m data.tiny_model` builds both and prints the measurements that show the
-world works (see `main`).
+hard test. `python -m data.tiny_model` builds both and prints the measurements that show what
+the world offers SOAR (see `main` and `inner_loop_check`).
 """
 import hashlib
 import json
@@ -34,17 +34,22 @@ VERSION = 4  # bump when the build changes in a way the settings below do not sh
 
 BUILD = {
     # corpus: the share of student examples, the digit mixes of each role, the share of rare-base
-    # problems in each role (the rare base's digits are drawn uniformly up to rare_max_digits).
-    # Worked rare-base sums, the student's and the teacher's, set how well the model knows base 7:
-    # 0.7% of the corpus leaves most 4-digit base-7 sums unsolved and 3-digit ones sometimes
-    # solved; at 1.1% most 4-digit ones get solved sometimes and the hard set shrinks (measured).
+    # problems in each role (their digits drawn uniformly up to rare_max_digits_<role>).
+    # The roles barely share skill: the student learns base 7 from its own worked sums only (with
+    # none, and 20% of the teacher's questions worked in base 7, it solved 0.4% of 1-3 digit
+    # base-7 sums). 0.4% of student examples in base 7 leave half of the 4-digit base-7 sums
+    # unsolved in 128 samples and 1-3 digit ones solved 42% of the time (measured); the build is
+    # sensitive to this share (0.3% gave a hard set of 13 of 256). The teacher writes base-7 sums
+    # of 1-3 digits, the stepping stones, in 15% of its questions, and works out 70% of its
+    # answers up to 4 digits (longer ones it guesses), so that about 40% of them are right.
     "p_student": 0.7,
     "student_digits": {1: 0.1, 2: 0.2, 3: 0.35, 4: 0.35},
-    "teacher_digits": {1: 0.06, 2: 0.16, 3: 0.28, 4: 0.2, 5: 0.14, 6: 0.09, 7: 0.05, 8: 0.02},
-    "p_rare_student": 0.003, "p_rare_teacher": 0.035, "rare_max_digits": 4,
+    "teacher_digits": {1: 0.08, 2: 0.2, 3: 0.3, 4: 0.22, 5: 0.12, 6: 0.08},
+    "p_rare_student": 0.004, "p_rare_teacher": 0.15,
+    "rare_max_digits_student": 4, "rare_max_digits_teacher": 3,
     "teacher_max_working_digits": 4,  # longer teacher problems come without working
     "p_unequal": 0.3,
-    "p_working": 0.5, "p_wrong": 0.35, "p_ill_posed": 0.06,
+    "p_working": 0.7, "p_wrong": 0.35, "p_ill_posed": 0.06,
     # tokenizer and model
     "vocab_size": 640,
     "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -91,7 +96,7 @@ def corpus_example(rng: random.Random, build: dict) -> tuple[str, str]:
     import teacher
     role = "student" if rng.random() < build["p_student"] else "teacher"
     if rng.random() < build[f"p_rare_{role}"]:
-        base, n_digits = tiny_world.RARE_BASE, rng.randint(1, build["rare_max_digits"])
+        base, n_digits = tiny_world.RARE_BASE, rng.randint(1, build[f"rare_max_digits_{role}"])
     else:
         base, n_digits = 10, _draw(rng, build[f"{role}_digits"])
     if role == "student":
@@ -388,5 +393,41 @@ def main(seed: int = 0) -> None:
             acc = accuracy(tuned, tokenizer, hard, 16)
             print(f"  {name}, {what}: {acc['greedy']:.3f} / {acc['sampled']:.4f}")
 
+def inner_loop_check(seed: int = 0, copies: int = 2) -> None:
+    """What SOAR's teacher reward is made of, measured: one student copy trained by train.py's
+    inner loop (tiny preset: RLOO, inner_steps x student_batch questions x group_size answers)
+    from the base model, then its greedy accuracy on the hard train set. Three datasets: ideal
+    stepping stones (base-7 sums of 1-3 digits with right answers), base-10 sums, and the base
+    teacher's own questions (what SOAR's first step trains on)."""
+    import train
+    from models import adapter_state, load_adapter_state, load_model
+    from student import greedy_accuracy, train_student
+    from teacher import sample_pairs
+    cfg, _ = train.parse_config([])
+    hard_train, _ = tiny_hard_set(seed)
+    model, tokenizer = load_model(str(tiny_model_path(seed)), "none", cfg.lora_rank, cfg.lora_alpha)
+    generator, rng = torch.Generator().manual_seed(seed), random.Random(seed)
+    base = adapter_state(model, "student")
+    rare = tiny_world.RARE_BASE
+    datasets = {
+        f"base {rare}, 1-3 digits, right answers": [
+            p for d in (1, 2, 3) for p in tiny_world.generate_problems(22, d, 13, rare)],
+        "base 10, 2-4 digits": [
+            p for d in (2, 3, 4) for p in tiny_world.generate_problems(22, d, 13)],
+        "the base teacher's questions": sample_pairs(model, tokenizer, 64, cfg, generator, {})[0]}
+    print(f"hard-train greedy accuracy ({len(hard_train)} problems; base model "
+          f"{greedy_accuracy(model, tokenizer, hard_train, cfg):.3f}) after one student copy's "
+          f"inner loop ({cfg.inner_steps} RLOO steps of {cfg.student_batch} questions x "
+          f"{cfg.group_size} answers, lr {cfg.student_lr}, LoRA rank {cfg.lora_rank}):")
+    for name, problems in datasets.items():
+        accs = []
+        for _ in range(copies):
+            load_adapter_state(model, "student", base)
+            train_student(model, tokenizer, problems, cfg.inner_steps, cfg, generator, rng, {})
+            accs.append(greedy_accuracy(model, tokenizer, hard_train, cfg))
+        print(f"  {name}: " + ", ".join(f"{a:.3f}" for a in accs))
+
+
 if __name__ == "__main__":
     main()
+    inner_loop_check()

@@ -107,6 +107,31 @@ def test_a_student_copy_restores_the_baseline_exactly(shared):
     assert all(torch.equal(baseline[k], restored[k]) for k in baseline)
 
 
+def test_an_update_raises_rewarded_answers_and_lowers_punished_ones(shared):
+    model, tokenizer = shared
+    from models import activate
+    from sampler import completion_logprobs
+    activate(model, "student")
+    baseline = adapter_state(model, "student")
+    prompt = tokenizer("User: hi\nAssistant:")["input_ids"]
+    good, bad = [5, 6, 7], [8, 9, 10]
+
+    def logp():
+        with torch.no_grad():
+            lp, mask = completion_logprobs(model, [prompt, prompt], [good, bad], tokenizer.pad_token_id)
+        return (lp * mask).sum(1)
+
+    before = logp()
+    optimizer, _ = make_optimizer(model, "student", 1e-2, total_steps=4)
+    for _ in range(3):
+        policy_gradient_step(model, "student", optimizer, [prompt, prompt], [good, bad],
+                             torch.tensor([1.0, -1.0]), kl_coef=0.001,
+                             pad_token_id=tokenizer.pad_token_id, micro_batch=1, max_new_tokens=8)
+    after = logp()
+    load_adapter_state(model, "student", baseline)
+    assert after[0] > before[0] and after[1] < before[1]
+
+
 def test_non_finite_loss_skips_the_update(shared):
     model, tokenizer = shared
     before = adapter_state(model, "student")

@@ -68,8 +68,12 @@ def make_run(root, *, seeds=2, steps=12, methods=("soar", "intrinsic_t", "hard_o
                              "n_seeds": seeds} for k in ("1", "4", "8", "16", "32")}
                      for m, base in [("base", 0.06), ("hard_only", 0.08), ("soar_ps", 0.15),
                                      ("soar_pq", 0.18), ("intrinsic_t", 0.12)]}
-        analysis = {"soar_pq": {"well_posed": 0.65, "correct": 0.33, "n": 128},
-                    "intrinsic_t": {"well_posed": 0.8, "correct": 0.55, "n": 128}}
+        def stat(mean, sd):  # what train.question_analysis writes: a statistic over seeds
+            return {"mean": mean, "sd": sd, "n_seeds": seeds}
+        analysis = {"soar_pq": {"well_posed": stat(0.65, 0.05), "correct": stat(0.33, 0.1),
+                                "n": stat(128, 0.0)},
+                    "intrinsic_t": {"well_posed": stat(0.8, 0.02), "correct": stat(0.55, 0.1),
+                                    "n": stat(128, 0.0)}}
         (root / "summary.json").write_text(json.dumps(
             {"pass_at_k": pass_at_k, "question_analysis": analysis, "config": {}}))
     return root
@@ -83,7 +87,7 @@ def test_full_run_writes_every_plot_and_the_tables(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| SOAR-PQ | 1.4 ± 1.8 |" in md  # 0.18 * (1 - e^(-1/12)) = 1.4 %
     assert "| Hard-Only |" in md and "| Intrinsic-T | " in md and "| 2 |" in md
-    assert "| SOAR-PQ | 0.65 | 0.33 | 128 |" in md
+    assert "| SOAR-PQ | 0.65 ± 0.05 | 0.33 ± 0.1 | 128 ± 0 |" in md
     assert "![Teacher reward](teacher_reward.png)" in md
     assert "Compute 0 * (0 + 7) - 3" in md and "**seed1**" in md
     assert "Skipped" not in md and "Unfinished" not in md
