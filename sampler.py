@@ -85,7 +85,8 @@ def sample(model, prompt_ids: list[list[int]], *, n: int = 1, max_new_tokens: in
     prompt_of_row = [i for i in range(len(prompt_ids)) for _ in range(n)]
     completions, logprobs, finished = [], [], []
     was_training = model.training
-    model.eval()  # sampling under (LoRA) dropout is never what a caller means
+    if was_training:  # sampling under (LoRA) dropout is never what a caller means
+        model.eval()  # (walks every module: skipped when there is nothing to switch)
     bar = tqdm(total=len(prompt_of_row), desc=progress, disable=progress is None)
     try:
         for start in range(0, len(prompt_of_row), batch_size):
@@ -98,7 +99,8 @@ def sample(model, prompt_ids: list[list[int]], *, n: int = 1, max_new_tokens: in
             bar.update(len(chunk))
     finally:
         bar.close()
-        model.train(was_training)
+        if was_training:
+            model.train()
     return Rollouts([list(prompt_ids[i]) for i in prompt_of_row], completions, logprobs, finished)
 
 
