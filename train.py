@@ -104,7 +104,7 @@ class Config:
 # Defaults per preset (flags still win). `small` and `paper` fit one 24 GB GPU in 4-bit.
 PRESETS = {
     # The tiny world on a 2-core CPU: all methods and 3 seeds in 17 minutes (measured). Student
-    # lr 2e-3 made RLOO collapse here; the copies (4 x 8 inner steps) take 90% of the time.
+    # lr 2e-3 made RLOO collapse here; the 4 copies x 8 inner steps are ~90% of an outer step.
     "tiny": dict(quant="none", chat_template="off", seeds=3,
                  methods="base,soar,hard_only,intrinsic_t", lora_rank=16, lora_alpha=32,
                  outer_steps=8, n=16, r=1, q_r=64, inner_steps=8, student_batch=16,
