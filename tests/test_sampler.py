@@ -215,3 +215,19 @@ def test_bad_arguments_say_what_is_wrong(llama, tokenizer, prompts):
         sampler.sample(llama, prompts, max_new_tokens=4, eos_token_ids=[], pad_token_id=0)
     with pytest.raises(ValueError, match="non-empty"):
         sampler.sample(llama, [[]], max_new_tokens=4, eos_token_ids=[2], pad_token_id=0)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_sampling_leaves_the_train_or_eval_mode_as_it_found_it(llama, tokenizer, prompts, training):
+    llama.train(training)
+    seen = []
+    handle = llama.model.layers[0].register_forward_pre_hook(lambda m, a: seen.append(m.training))
+    try:
+        sampler.sample(llama, prompts, n=1, max_new_tokens=3, temperature=0.0,
+                       eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
+    finally:
+        handle.remove()
+        mode = llama.training
+        llama.eval()
+    assert seen and not any(seen)  # never sampled under dropout
+    assert mode == training
