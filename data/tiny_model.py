@@ -393,6 +393,7 @@ def main(seed: int = 0) -> None:
             acc = accuracy(tuned, tokenizer, hard, 16)
             print(f"  {name}, {what}: {acc['greedy']:.3f} / {acc['sampled']:.4f}")
 
+
 def inner_loop_check(seed: int = 0, copies: int = 2) -> None:
     """What SOAR's teacher reward is made of, measured: one student copy trained by train.py's
     inner loop (tiny preset: RLOO, inner_steps x student_batch questions x group_size answers)
