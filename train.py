@@ -241,19 +241,10 @@ def write_jsonl(path: Path, rows) -> None:
 def forget_unfinished_steps(job: Path, steps_done: int) -> None:
     """Drop log lines of steps that were logged but never checkpointed (killed in between),
     including a last line torn by the kill."""
+    from data.build_hard import read_results  # the rows before the first torn line
     for path in (job / "metrics.jsonl", job / "questions.jsonl"):
-        if not path.exists():
-            continue
-        lines = path.read_text().splitlines()
-        rows = []
-        for line in lines:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-        kept = [r for r in rows if r["step"] < steps_done]
-        if len(kept) < len(lines):
-            write_jsonl(path, kept)
+        if path.exists():
+            write_jsonl(path, [r for r in read_results(path) if r["step"] < steps_done])
 
 
 def external_logger(cfg: Config, run_dir: Path):

@@ -39,7 +39,8 @@ def hard_set_paths(hard_dir, model: str, dataset: str) -> tuple[Path, Path]:
 
 
 def read_results(path: Path) -> list[dict]:
-    """Results written so far; a last line cut off by a kill is dropped (its chunk is redone)."""
+    """Rows of a JSONL file written so far; a last line cut off by a kill is dropped (here: its
+    chunk is redone; train.py uses it the same way for its logs)."""
     if not path.exists():
         return []
     results = []

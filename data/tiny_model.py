@@ -290,24 +290,29 @@ def tiny_hard_set(seed: int = 0, progress: bool = True) -> tuple[list[dict], lis
 
 # ---- measurements: does the world show what SOAR needs? -------------------------------------
 
-def accuracy(model, tokenizer, problems: list[dict], n_samples: int, seed: int = 0) -> dict:
-    """Greedy accuracy, and the mean accuracy of n_samples answers at temperature 1, graded
-    exactly; the student prompt and sampler are the loop's."""
-    from models import encode_prompt
+def sampled_answers(model, tokenizer, problems: list[dict], n: int, temperature: float,
+                    seed: int = 0):
+    """n answers per problem with the loop's student prompt and sampler: (rollouts, the boxed
+    answers, the gold answer of each row)."""
     from rewards import extract_boxed
     from sampler import decode, sample
-    import student
-    prompts = [encode_prompt(tokenizer, student.student_message(p["problem"]), False)
-               for p in problems]
+    from student import encode_problems
+    rollouts = sample(model, encode_problems(tokenizer, problems, False), n=n,
+                      max_new_tokens=HARD["max_new_tokens"], temperature=temperature,
+                      eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id,
+                      batch_size=HARD["batch_size"], generator=torch.Generator().manual_seed(seed))
+    answers = [(extract_boxed(text) or "").strip()
+               for text in decode(tokenizer, rollouts.completion_ids)]
+    return rollouts, answers, [p["answer"] for p in problems for _ in range(n)]
+
+
+def accuracy(model, tokenizer, problems: list[dict], n_samples: int, seed: int = 0) -> dict:
+    """Greedy accuracy, and the mean accuracy of n_samples answers at temperature 1, graded
+    exactly."""
     result = {}
     for name, n, temperature in (("greedy", 1, 0.0), ("sampled", n_samples, 1.0)):
-        rollouts = sample(model, prompts, n=n, max_new_tokens=HARD["max_new_tokens"],
-                          temperature=temperature, eos_token_ids=[tokenizer.eos_token_id],
-                          pad_token_id=tokenizer.pad_token_id, batch_size=HARD["batch_size"],
-                          generator=torch.Generator().manual_seed(seed))
-        answers = [extract_boxed(text) or "" for text in decode(tokenizer, rollouts.completion_ids)]
-        golds = [p["answer"] for p in problems for _ in range(n)]
-        result[name] = sum(a.strip() == g for a, g in zip(answers, golds)) / len(golds)
+        _, answers, golds = sampled_answers(model, tokenizer, problems, n, temperature, seed)
+        result[name] = sum(a == g for a, g in zip(answers, golds)) / len(golds)
     return result
 
 
@@ -315,20 +320,10 @@ def own_correct_answers(model, tokenizer, problems: list[dict], n: int, seed: in
     """(prompt ids, completion ids) of the model's own right answers: n samples per problem at
     temperature 1, kept if right (training on them is RL with a binary reward, in its simplest
     form: expert iteration)."""
-    from models import encode_prompt
-    from rewards import extract_boxed
-    from sampler import decode, sample
-    import student
-    prompts = [encode_prompt(tokenizer, student.student_message(p["problem"]), False)
-               for p in problems]
-    rollouts = sample(model, prompts, n=n, max_new_tokens=HARD["max_new_tokens"],
-                      eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id,
-                      batch_size=HARD["batch_size"], generator=torch.Generator().manual_seed(seed))
-    golds = [p["answer"] for p in problems for _ in range(n)]
-    return [(prompt, completion) for prompt, completion, finished, text, gold in zip(
-                rollouts.prompt_ids, rollouts.completion_ids, rollouts.finished,
-                decode(tokenizer, rollouts.completion_ids), golds)
-            if finished and (extract_boxed(text) or "").strip() == gold]
+    rollouts, answers, golds = sampled_answers(model, tokenizer, problems, n, 1.0, seed)
+    return [(prompt, completion) for prompt, completion, finished, answer, gold in zip(
+                rollouts.prompt_ids, rollouts.completion_ids, rollouts.finished, answers, golds)
+            if finished and answer == gold]
 
 
 def fine_tuned(model, tokenizer, examples: list, steps: int, lr: float, seed: int = 0):
