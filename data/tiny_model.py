@@ -400,6 +400,7 @@ def inner_loop_check(seed: int = 0, copies: int = 2) -> None:
     from student import greedy_accuracy, train_student
     from teacher import sample_pairs
     cfg, _ = train.parse_config([])
+    torch.set_num_threads(cfg.threads)  # as train.py runs the preset (and the same each time)
     hard_train, _ = tiny_hard_set(seed)
     model, tokenizer = load_model(str(tiny_model_path(seed)), "none", cfg.lora_rank, cfg.lora_alpha)
     generator, rng = torch.Generator().manual_seed(seed), random.Random(seed)
