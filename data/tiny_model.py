@@ -5,13 +5,13 @@ on first use and caches under $SOAR_CACHE or ~/.cache/soar, keyed by a hash of e
 (the prompts included), so that changing anything rebuilds. The corpus uses the exact prompts of
 the loop (`models.encode_prompt` with `student.student_message` / `teacher.TEACHER_INSTRUCTION`),
 so the pretrained model is already a student and a teacher:
-- as student it adds base-10 numbers of a few digits, and has seen sums in the rare base (7)
-  only rarely, so it knows them partly: long rare-base sums are its hard problems;
-- as teacher it writes `<question>...</question><answer>\\boxed{...}</answer>` pairs, mostly
-  base-10 of 1-6 digits, 15% short rare-base sums (the stepping stones), some ill-posed; most
-  of the time it works a sum of up to 4 digits out inside the answer tag before the box, and is
-  then about as often right as the student, otherwise it guesses and is mostly wrong.
-`tiny_hard_set(seed)` keeps the long rare-base problems it solves 0 times in 128 samples
+- as student it works out sums of 1-5 digits column by column, except that sums asked "quickly"
+  it answers in one go the more often the longer they are, always at 5 digits, and a long sum
+  answered in one go is wrong: "quickly" 5-digit sums are its hard problems (data/tiny_world.py);
+- as teacher it writes `<question>...</question><answer>\\boxed{...}</answer>` pairs of 1-6
+  digits, half of them "quickly", some ill-posed; most of the time it works a sum of up to
+  4 digits out inside the answer tag before the box, otherwise it guesses and is mostly wrong.
+`tiny_hard_set(seed)` keeps the hard candidates it solves 0 times in 128 samples
 (data/build_hard.py, the same fail@k filter as the real datasets), split 50/50 into hard train and
 hard test. `python -m data.tiny_model` builds both and prints the measurements that show what
 the world offers SOAR (see `main` and `inner_loop_check`).
@@ -30,23 +30,21 @@ import torch
 
 from data import tiny_world
 
-VERSION = 4  # bump when the build changes in a way the settings below do not show
+VERSION = 5  # bump when the build changes in a way the settings below do not show
 
 BUILD = {
-    # corpus: the share of student examples, the digit mixes of each role, the share of rare-base
-    # problems in each role (their digits drawn uniformly up to rare_max_digits_<role>).
-    # The roles barely share skill: the student learns base 7 from its own worked sums only (with
-    # none, and 20% of the teacher's questions worked in base 7, it solved 0.4% of 1-3 digit
-    # base-7 sums). 0.4% of student examples in base 7 leave half of the 4-digit base-7 sums
-    # unsolved in 128 samples and 1-3 digit ones solved 42% of the time (measured); the build is
-    # sensitive to this share (0.3% gave a hard set of 13 of 256). The teacher writes base-7 sums
-    # of 1-3 digits, the stepping stones, in 15% of its questions, and works out 70% of its
-    # answers up to 4 digits (longer ones it guesses), so that about 40% of them are right.
+    # corpus: the share of student examples, the digit mix of each role, the share of questions
+    # asked "quickly" in each role, and the student's habit: the share of "quickly" sums of each
+    # length that it works out (the rest it answers in one go). Measured on other builds: with the
+    # teacher asking "quickly" in 25% of its questions (not 50%) the student was more responsive
+    # (one inner loop on ideal stepping stones: 0.33 and 0.70 hard-train greedy, here 0.16 and
+    # 0.22) but the teacher wrote too few stepping stones for its reward to leave 0; a teacher
+    # that works out 90% of its answers up to 5 digits left a student that moved less (0.06, 0.10).
     "p_student": 0.7,
-    "student_digits": {1: 0.1, 2: 0.2, 3: 0.35, 4: 0.35},
+    "student_digits": {1: 0.1, 2: 0.15, 3: 0.25, 4: 0.25, 5: 0.25},
     "teacher_digits": {1: 0.08, 2: 0.2, 3: 0.3, 4: 0.22, 5: 0.12, 6: 0.08},
-    "p_rare_student": 0.004, "p_rare_teacher": 0.15,
-    "rare_max_digits_student": 4, "rare_max_digits_teacher": 3,
+    "p_quick_student": 0.4, "p_quick_teacher": 0.5,
+    "quick_working": {1: 0.8, 2: 0.5, 3: 0.2, 4: 0.05, 5: 0.0},
     "teacher_max_working_digits": 4,  # longer teacher problems come without working
     "p_unequal": 0.3,
     "p_working": 0.7, "p_wrong": 0.35, "p_ill_posed": 0.06,
@@ -57,8 +55,8 @@ BUILD = {
     # optimisation
     "steps": 1500, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100, "weight_decay": 0.01,
 }
-# the hard set: rare-base candidates of these lengths, kept if solved 0 times in k samples
-HARD = {"digits": [4], "candidates_per_digit": 256, "k": 128, "max_new_tokens": 64,
+# the hard set: "quickly" sums of these lengths, kept if solved 0 times in k samples
+HARD = {"digits": [5], "candidates_per_digit": 256, "k": 128, "max_new_tokens": 64,
         "batch_size": 512}
 # the stepping-stone check of `main`: supervised steps (batch 32) and learning rate
 STONE_STEPS, STONE_LR = 100, 1e-4
@@ -95,17 +93,16 @@ def corpus_example(rng: random.Random, build: dict) -> tuple[str, str]:
     import student
     import teacher
     role = "student" if rng.random() < build["p_student"] else "teacher"
-    if rng.random() < build[f"p_rare_{role}"]:
-        base, n_digits = tiny_world.RARE_BASE, rng.randint(1, build[f"rare_max_digits_{role}"])
-    else:
-        base, n_digits = 10, _draw(rng, build[f"{role}_digits"])
+    n_digits, quick = _draw(rng, build[f"{role}_digits"]), rng.random() < build[f"p_quick_{role}"]
     if role == "student":
-        problem = tiny_world.question_text(*tiny_world.random_pair(
-            rng, n_digits, base, build["p_unequal"]), base)
-        return student.student_message(problem), tiny_world.solution(problem)
+        problem = tiny_world.question_text(
+            *tiny_world.random_pair(rng, n_digits, build["p_unequal"]), quick)
+        works = not quick or rng.random() < build["quick_working"][n_digits]
+        return student.student_message(problem), (
+            tiny_world.solution(problem) if works else tiny_world.one_go(problem))
     short = n_digits <= build["teacher_max_working_digits"]
     return teacher.TEACHER_INSTRUCTION, tiny_world.teacher_output(
-        rng, n_digits, base, p_working=build["p_working"] if short else 0.0,
+        rng, n_digits, quick, p_working=build["p_working"] if short else 0.0,
         p_wrong=build["p_wrong"], p_ill_posed=build["p_ill_posed"])
 
 
@@ -259,9 +256,8 @@ def tiny_model_path(seed: int = 0, progress: bool = True) -> Path:
 # ---- the hard set ------------------------------------------------------------------------------
 
 def hard_candidates(seed: int) -> list[dict]:
-    return [row for d in HARD["digits"]
-            for row in tiny_world.generate_problems(HARD["candidates_per_digit"], d, seed + 1000,
-                                                    tiny_world.RARE_BASE)]
+    return [row for d in HARD["digits"] for row in tiny_world.generate_problems(
+        HARD["candidates_per_digit"], d, seed + 1000, quick=True)]
 
 
 def hard_dir(seed: int) -> Path:
@@ -307,12 +303,14 @@ def sampled_answers(model, tokenizer, problems: list[dict], n: int, temperature:
 
 
 def accuracy(model, tokenizer, problems: list[dict], n_samples: int, seed: int = 0) -> dict:
-    """Greedy accuracy, and the mean accuracy of n_samples answers at temperature 1, graded
-    exactly."""
+    """Greedy accuracy, the mean accuracy of n_samples answers at temperature 1 (graded exactly),
+    and the share of those answers that work the sum out rather than answer in one go."""
     result = {}
     for name, n, temperature in (("greedy", 1, 0.0), ("sampled", n_samples, 1.0)):
-        _, answers, golds = sampled_answers(model, tokenizer, problems, n, temperature, seed)
+        rollouts, answers, golds = sampled_answers(model, tokenizer, problems, n, temperature, seed)
         result[name] = sum(a == g for a, g in zip(answers, golds)) / len(golds)
+    result["worked"] = sum(tokenizer.decode(ids).lstrip()[:1].isdigit()
+                           for ids in rollouts.completion_ids) / len(golds)
     return result
 
 
@@ -343,9 +341,9 @@ def fine_tuned(model, tokenizer, examples: list, steps: int, lr: float, seed: in
 
 
 def main(seed: int = 0) -> None:
-    """Build (or find) the model and hard set, and print: the base model's accuracy by base and
-    length; the hard set; and whether short rare-base sums are stepping stones to the hard set
-    (accuracy on it after a short fine-tune on them, against one on easy base-10 sums)."""
+    """Build (or find) the model and hard set, and print: the base model's accuracy by phrasing
+    and length; the hard set; and whether short "quickly" sums are stepping stones to the hard set
+    (accuracy on it after a short fine-tune on them, against one on plain sums)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import student
@@ -359,42 +357,43 @@ def main(seed: int = 0) -> None:
           f"({time.perf_counter() - start:.0f} s); solve counts {stats['solve_count_histogram']}")
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    print("base model accuracy (100 problems per cell; sampled = 16 answers at temperature 1):")
-    for base in (10, tiny_world.RARE_BASE):
+    print("base model accuracy (100 problems per cell; sampled = 16 answers at temperature 1, "
+          "worked = share of them that work the sum out):")
+    for quick in (False, True):
         for digits in range(1, 7):
             problems = tiny_world.generate_problems(
-                min(100, tiny_world.n_problems(digits, base)), digits, 7, base)
+                min(100, tiny_world.n_problems(digits)), digits, 7, quick)
             acc = accuracy(model, tokenizer, problems, 16)
-            print(f"  base {base:>2}, {digits} digits: greedy {acc['greedy']:.2f}  "
-                  f"sampled {acc['sampled']:.3f}")
+            print(f"  {'quickly' if quick else 'plain  '} {digits} digits: greedy "
+                  f"{acc['greedy']:.2f}  sampled {acc['sampled']:.3f}  worked {acc['worked']:.3f}")
     # the fine-tunes never see a hard problem, so all of them (train and test) measure it
     hard = hard_train + hard_test
     acc = accuracy(model, tokenizer, hard, 16)
-    print(f"accuracy on all {len(hard)} hard problems (greedy / sampled), before: "
-          f"{acc['greedy']:.3f} / {acc['sampled']:.4f}; after {STONE_STEPS} steps of training on")
-    rare = tiny_world.RARE_BASE
-    stones = {f"base {rare}, 3 digits (d-1)": [(rare, 3)],
-              f"base {rare}, 1-2 digits (d-2, d-3)": [(rare, 1), (rare, 2)],
-              "base 10, 1-4 digits (easy)": [(10, 1), (10, 2), (10, 3), (10, 4)]}
+    print(f"all {len(hard)} hard problems (greedy / sampled / worked), before: {acc['greedy']:.3f} "
+          f"/ {acc['sampled']:.4f} / {acc['worked']:.3f}; after {STONE_STEPS} steps of training on")
+    stones = {"quickly, 3-4 digits": [(True, 3), (True, 4)],
+              "quickly, 1-2 digits": [(True, 1), (True, 2)],
+              "plain, 1-4 digits": [(False, 1), (False, 2), (False, 3), (False, 4)]}
     for name, cells in stones.items():
-        problems = [p for base, digits in cells for p in tiny_world.generate_problems(
-            min(256 // len(cells), tiny_world.n_problems(digits, base)), digits, 11, base)]
+        problems = [p for quick, digits in cells for p in tiny_world.generate_problems(
+            min(256 // len(cells), tiny_world.n_problems(digits)), digits, 11, quick)]
         working = [encode_example(tokenizer, student.student_message(p["problem"]),
                                   tiny_world.solution(p["problem"])) for p in problems]
         own = own_correct_answers(model, tokenizer, problems, 8)
-        for examples, what in ((working, "their correct working"),
+        for examples, what in ((working, "their working"),
                                (own, f"its own {len(own)} right answers of {8 * len(problems)}")):
             tuned = fine_tuned(model, tokenizer, examples, STONE_STEPS, STONE_LR)
             acc = accuracy(tuned, tokenizer, hard, 16)
-            print(f"  {name}, {what}: {acc['greedy']:.3f} / {acc['sampled']:.4f}")
+            print(f"  {name}, {what}: {acc['greedy']:.3f} / {acc['sampled']:.4f} / "
+                  f"{acc['worked']:.3f}")
 
 
 def inner_loop_check(seed: int = 0, copies: int = 2) -> None:
     """What SOAR's teacher reward is made of, measured: one student copy trained by train.py's
     inner loop (tiny preset: RLOO, inner_steps x student_batch questions x group_size answers)
-    from the base model, then its greedy accuracy on the hard train set. Three datasets: ideal
-    stepping stones (base-7 sums of 1-3 digits with right answers), base-10 sums, and the base
-    teacher's own questions (what SOAR's first step trains on)."""
+    from the base model, then its greedy accuracy on the hard train set (the reward's measure)
+    and its sampled accuracy there. Three datasets: stepping stones ("quickly" sums of 2-4
+    digits), plain sums, and the base teacher's own questions (what SOAR's first step trains on)."""
     import train
     from models import adapter_state, load_adapter_state, load_model
     from student import greedy_accuracy, train_student
@@ -405,24 +404,24 @@ def inner_loop_check(seed: int = 0, copies: int = 2) -> None:
     model, tokenizer = load_model(str(tiny_model_path(seed)), "none", cfg.lora_rank, cfg.lora_alpha)
     generator, rng = torch.Generator().manual_seed(seed), random.Random(seed)
     base = adapter_state(model, "student")
-    rare = tiny_world.RARE_BASE
-    datasets = {
-        f"base {rare}, 1-3 digits, right answers": [
-            p for d in (1, 2, 3) for p in tiny_world.generate_problems(22, d, 13, rare)],
-        "base 10, 2-4 digits": [
-            p for d in (2, 3, 4) for p in tiny_world.generate_problems(22, d, 13)],
-        "the base teacher's questions": sample_pairs(model, tokenizer, 64, cfg, generator, {})[0]}
-    print(f"hard-train greedy accuracy ({len(hard_train)} problems; base model "
-          f"{greedy_accuracy(model, tokenizer, hard_train, cfg):.3f}) after one student copy's "
+    datasets = {f"{'quickly' if quick else 'plain'}, 2-4 digits": [
+        p for d in (2, 3, 4) for p in tiny_world.generate_problems(22, d, 13, quick)]
+        for quick in (True, False)}
+    datasets["the base teacher's questions"] = sample_pairs(model, tokenizer, 64, cfg, generator,
+                                                            {})[0]
+    print(f"hard train set ({len(hard_train)} problems), greedy / sampled / worked: base model "
+          f"{greedy_accuracy(model, tokenizer, hard_train, cfg):.3f}; after one student copy's "
           f"inner loop ({cfg.inner_steps} RLOO steps of {cfg.student_batch} questions x "
           f"{cfg.group_size} answers, lr {cfg.student_lr}, LoRA rank {cfg.lora_rank}):")
     for name, problems in datasets.items():
-        accs = []
+        results = []
         for _ in range(copies):
             load_adapter_state(model, "student", base)
             train_student(model, tokenizer, problems, cfg.inner_steps, cfg, generator, rng, {})
-            accs.append(greedy_accuracy(model, tokenizer, hard_train, cfg))
-        print(f"  {name}: " + ", ".join(f"{a:.3f}" for a in accs))
+            acc = accuracy(model, tokenizer, hard_train, 16)
+            results.append(f"{greedy_accuracy(model, tokenizer, hard_train, cfg):.3f} / "
+                           f"{acc['sampled']:.3f} / {acc['worked']:.3f}")
+        print(f"  {name}: " + ", ".join(results))
 
 
 if __name__ == "__main__":

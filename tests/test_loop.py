@@ -107,29 +107,38 @@ def test_a_student_copy_restores_the_baseline_exactly(shared):
     assert all(torch.equal(baseline[k], restored[k]) for k in baseline)
 
 
-def test_an_update_raises_rewarded_answers_and_lowers_punished_ones(shared):
+def test_an_update_moves_log_probs_towards_rewarded_answers_and_away_from_punished_ones(shared):
+    """Pins the sign of the policy gradient and the row/advantage alignment: the log-prob gap
+    between two answers widens towards whichever one gets the positive advantage. (The gap, not
+    each log-prob: through shared LoRA weights raising one answer can lift the other a little.)"""
     model, tokenizer = shared
     from models import activate
     from sampler import completion_logprobs
     activate(model, "student")
     baseline = adapter_state(model, "student")
     prompt = tokenizer("User: hi\nAssistant:")["input_ids"]
-    good, bad = [5, 6, 7], [8, 9, 10]
+    first, second = [5, 6, 7], [8, 9, 10]
 
-    def logp():
+    def gap():
         with torch.no_grad():
-            lp, mask = completion_logprobs(model, [prompt, prompt], [good, bad], tokenizer.pad_token_id)
-        return (lp * mask).sum(1)
+            lp, mask = completion_logprobs(model, [prompt, prompt], [first, second],
+                                           tokenizer.pad_token_id)
+        logp = (lp * mask).sum(1)
+        return (logp[0] - logp[1]).item()
 
-    before = logp()
-    optimizer, _ = make_optimizer(model, "student", 1e-2, total_steps=4)
-    for _ in range(3):
-        policy_gradient_step(model, "student", optimizer, [prompt, prompt], [good, bad],
-                             torch.tensor([1.0, -1.0]), kl_coef=0.001,
-                             pad_token_id=tokenizer.pad_token_id, micro_batch=1, max_new_tokens=8)
-    after = logp()
-    load_adapter_state(model, "student", baseline)
-    assert after[0] > before[0] and after[1] < before[1]
+    def gap_after(advantages):
+        optimizer, _ = make_optimizer(model, "student", 1e-2, total_steps=4)
+        for _ in range(3):
+            policy_gradient_step(model, "student", optimizer, [prompt, prompt], [first, second],
+                                 torch.tensor(advantages), kl_coef=0.001,
+                                 pad_token_id=tokenizer.pad_token_id, micro_batch=1, max_new_tokens=8)
+        after = gap()
+        load_adapter_state(model, "student", baseline)
+        return after
+
+    before = gap()
+    assert gap_after([1.0, -1.0]) > before + 0.5
+    assert gap_after([-1.0, 1.0]) < before - 0.5
 
 
 def test_non_finite_loss_skips_the_update(shared):

@@ -23,87 +23,80 @@ TOY_BUILD = tiny_model.BUILD | {"steps": 4, "batch_size": 8, "vocab_size": 300, 
 @pytest.mark.parametrize("question, answer", [
     ("Compute 472+385.", "857"), ("Compute 472+385.", "\\boxed{857}"),
     ("  Compute 999+1.  ", " \\boxed{ 1000 } "), ("Compute 0+0.", "0"), ("Compute 7+12345.", "12352"),
-    ("In base 7, compute 452+365.", "1150"), ("In base 7, compute 6+1.", "\\boxed{10}"),
-    ("In base 7, compute 452+365.", "01150"), ("In base 2, compute 1+1.", "10"),
-    ("In base 10, compute 472+385.", "857"),
+    ("Quickly, compute 472+385.", "857"), ("Quickly, compute 6+1.", "\\boxed{7}"),
+    ("Quickly, compute 452+365.", "0817"),
 ])
 def test_checker_accepts_right_answers(question, answer):
     assert tiny_world.check_question(question, answer) == {"well_posed": True, "correct": True}
 
 
 @pytest.mark.parametrize("answer", ["856", "\\boxed{757}", "", "857.5", "x", "\\boxed{}", "-857"])
-def test_checker_marks_wrong_answers_to_well_posed_questions(answer):
-    assert tiny_world.check_question("Compute 472+385.", answer) == {"well_posed": True,
-                                                                      "correct": False}
-
-
-@pytest.mark.parametrize("answer", ["817", "1140", "\\boxed{1151}"])
-def test_checker_grades_rare_base_answers_in_their_base(answer):
-    assert tiny_world.check_question("In base 7, compute 452+365.", answer) == {
-        "well_posed": True, "correct": False}
+@pytest.mark.parametrize("phrase", ["Compute", "Quickly, compute"])
+def test_checker_marks_wrong_answers_to_well_posed_questions(answer, phrase):
+    assert tiny_world.check_question(f"{phrase} 472+385.", answer) == {"well_posed": True,
+                                                                        "correct": False}
 
 
 @pytest.mark.parametrize("question", [
     "Compute 472+.", "Compute +385.", "Compute 472++385.", "Compute 472+385+.", "Compute 472.",
     "Compute 472+x.", "Compute 1+2+3.", "Compute .", "Compute 0472+385.", "Compute 472+385",
     "compute 472+385.", "Compute 472-385.", "Compute 472 + 385.", "What is 472+385?", "",
-    "Compute 472+385. Compute 1+1.", "Compute 1234567890123+1.", "In base 7, compute 19+3.",
-    "In base 1, compute 4+5.", "In base 11, compute 4+5.", "In base 07, compute 4+5.",
-    "In base 7, compute 4+5", "In base seven, compute 4+5.", "in base 7, compute 4+5.",
-    "In base 7 compute 4+5.", "Compute 4+5 in base 7.",
+    "Compute 472+385. Compute 1+1.", "Compute 1234567890123+1.", "Quickly compute 4+5.",
+    "quickly, compute 4+5.", "Quickly, Compute 4+5.", "Quickly, compute 4+5", "Quickly, 4+5.",
+    "Quickly, compute 04+5.", "Compute 4+5 quickly.",
 ])
 def test_checker_marks_ill_posed_questions(question):
     assert tiny_world.check_question(question, "857") == {"well_posed": False, "correct": False}
     assert tiny_world.difficulty(question) is None
+    assert tiny_world.is_quick(question) is None
 
 
-def test_difficulty_is_the_longer_operand_and_the_base_is_read():
+def test_difficulty_is_the_longer_operand_and_the_phrasing_is_read():
     assert tiny_world.difficulty("Compute 7+12345.") == 5
     assert tiny_world.difficulty("Compute 0+0.") == 1
-    assert tiny_world.base_of("Compute 7+12345.") == 10
-    assert tiny_world.base_of("In base 7, compute 6+12345.") == 7
-    assert tiny_world.difficulty("In base 7, compute 6+12345.") == 5
+    assert tiny_world.is_quick("Compute 7+12345.") is False
+    assert tiny_world.is_quick("Quickly, compute 6+12345.") is True
+    assert tiny_world.difficulty("Quickly, compute 6+12345.") == 5
 
 
 # ---- generator and working ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("n_digits, base", [(1, 10), (3, 10), (6, 10), (1, 7), (4, 7)])
-def test_generated_problems_have_their_difficulty_base_and_right_answers(n_digits, base):
-    rows = tiny_world.generate_problems(40, n_digits, seed=0, base=base)
+@pytest.mark.parametrize("n_digits, quick", [(1, False), (3, False), (6, False), (1, True), (5, True)])
+def test_generated_problems_have_their_difficulty_phrasing_and_right_answers(n_digits, quick):
+    rows = tiny_world.generate_problems(40, n_digits, seed=0, quick=quick)
     assert len({r["problem"] for r in rows}) == 40
     for r in rows:
         assert tiny_world.difficulty(r["problem"]) == r["difficulty"] == n_digits
-        assert tiny_world.base_of(r["problem"]) == r["base"] == base
+        assert tiny_world.is_quick(r["problem"]) is r["quick"] is quick
         assert tiny_world.check_question(r["problem"], r["answer"])["correct"]
-    assert rows == tiny_world.generate_problems(40, n_digits, seed=0, base=base)
-    assert rows != tiny_world.generate_problems(40, n_digits, seed=1, base=base)
+    assert rows == tiny_world.generate_problems(40, n_digits, seed=0, quick=quick)
+    assert rows != tiny_world.generate_problems(40, n_digits, seed=1, quick=quick)
 
 
 def test_generator_refuses_more_problems_than_exist():
-    with pytest.raises(ValueError, match="only 49 problems have 1 digits in base 7"):
-        tiny_world.generate_problems(50, 1, seed=0, base=7)
-    assert len(tiny_world.generate_problems(49, 1, seed=0, base=7)) == 49
+    with pytest.raises(ValueError, match="only 100 problems have 1 digits"):
+        tiny_world.generate_problems(101, 1, seed=0)
+    assert len(tiny_world.generate_problems(100, 1, seed=0, quick=True)) == 100
 
 
 def test_solution_works_column_by_column_to_the_right_sum():
     assert tiny_world.solution("Compute 472+385.") == "2+5=7. 7+8=15. 4+3+1=8. \\boxed{857}"
     assert tiny_world.solution("Compute 999+1.") == "9+1=10. 9+0+1=10. 9+0+1=10. \\boxed{1000}"
-    assert (tiny_world.solution("In base 7, compute 452+365.")
-            == "2+5=10. 5+6+1=15. 4+3+1=11. \\boxed{1150}")
+    assert tiny_world.solution("Quickly, compute 472+385.") == tiny_world.solution(
+        "Compute 472+385.")
+    assert tiny_world.one_go("Quickly, compute 472+385.") == "\\boxed{857}"
     rng = random.Random(0)
     for _ in range(200):
-        base = rng.choice([10, 7, 2])
-        a, b = tiny_world.random_pair(rng, rng.randint(1, 8), base, p_unequal=0.5)
-        working = tiny_world.solution(tiny_world.question_text(a, b, base))
-        boxed = re.search(r"\\boxed\{(\d+)\}$", working)
-        assert int(boxed[1], base) == int(a, base) + int(b, base)
+        a, b = tiny_world.random_pair(rng, rng.randint(1, 8), p_unequal=0.5)
+        working = tiny_world.solution(tiny_world.question_text(a, b, rng.random() < 0.5))
+        assert int(re.search(r"\\boxed\{(\d+)\}$", working)[1]) == int(a) + int(b)
 
 
 def test_teacher_outputs_mix_right_wrong_and_ill_posed_pairs():
     rng = random.Random(0)
     verdicts = []
     for _ in range(2000):
-        text = tiny_world.teacher_output(rng, rng.randint(1, 6), rng.choice([10, 7]),
+        text = tiny_world.teacher_output(rng, rng.randint(1, 6), rng.random() < 0.5,
                                          p_working=0.3, p_wrong=0.3, p_ill_posed=0.1)
         pair = re.fullmatch(r"<question>(.*)</question><answer>(.*)</answer>", text)
         assert pair, text
@@ -127,12 +120,18 @@ def test_corpus_teacher_works_out_only_sums_the_student_is_taught():
     assert worked > 200
 
 
-def test_corpus_mixes_roles_and_bases_as_configured():
-    examples = tiny_model.corpus(4000, seed=0, build=tiny_model.BUILD)
-    prompts = [u for u, c in examples if u != teacher.TEACHER_INSTRUCTION]
-    assert abs(len(prompts) / len(examples) - tiny_model.BUILD["p_student"]) < 0.03
-    share_rare = sum(f"base {tiny_world.RARE_BASE}" in u for u in prompts) / len(prompts)
-    assert abs(share_rare - tiny_model.BUILD["p_rare_student"]) < 0.01
+def test_corpus_student_answers_quick_sums_in_one_go_more_often_the_longer_they_are():
+    examples = tiny_model.corpus(20000, seed=0, build=tiny_model.BUILD)
+    students = [(u.splitlines()[-1], c) for u, c in examples if u != teacher.TEACHER_INSTRUCTION]
+    assert abs(len(students) / len(examples) - tiny_model.BUILD["p_student"]) < 0.02
+    quick = [(q, c) for q, c in students if tiny_world.is_quick(q)]
+    assert abs(len(quick) / len(students) - tiny_model.BUILD["p_quick_student"]) < 0.02
+    for q, c in students:  # every completion is either the working or the bare right sum
+        assert c in (tiny_world.solution(q), tiny_world.one_go(q))
+        assert c == tiny_world.solution(q) or tiny_world.is_quick(q)
+    for digits, share in tiny_model.BUILD["quick_working"].items():
+        worked = [c == tiny_world.solution(q) for q, c in quick if tiny_world.difficulty(q) == digits]
+        assert abs(sum(worked) / len(worked) - share) < 0.05, digits
 
 
 # ---- tokenizer ---------------------------------------------------------------------------------
