@@ -103,7 +103,7 @@ class Config:
 
 # Defaults per preset (flags still win). `small` and `paper` fit one 24 GB GPU in 4-bit.
 PRESETS = {
-    # The tiny world on a 2-core CPU: all methods and 3 seeds in under 30 minutes. One copy's
+    # The tiny world on a 2-core CPU: all methods and 3 seeds in 25 minutes (measured). One copy's
     # inner loop needs 16 steps of 16 questions to move the hard set (8 gave almost only zero
     # rewards); student lr 2e-3 was no better; teacher lr 1e-3 wrecked the teacher's arithmetic.
     "tiny": dict(quant="none", chat_template="off", seeds=3,
