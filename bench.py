@@ -30,9 +30,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers import models as tokenizer_models
+from peft import LoraConfig
+from transformers import (AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedTokenizerFast, TrainerCallback)
 
 import models
+import rewards
 import sampler
+import student
+from run_dir import read_jsonl
+from tiny import model as tiny_model
+from tiny import world
 
 RANDOM_CONFIG = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
                      num_key_value_heads=4, max_position_embeddings=1024)
@@ -68,11 +78,9 @@ def parse_args(argv=None):
 
 def random_model_dir(out: Path, mean_len: int) -> Path:
     """A random Llama with a word-level tokenizer, saved in HF format; its stop set is EOS-heavy."""
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     specials = ["<pad>", "<s>", "</s>", "<unk>"]
     vocab = {t: i for i, t in enumerate(specials + [f"w{i}" for i in range(RANDOM_VOCAB - len(specials))])}
-    tok = Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))
+    tok = Tokenizer(tokenizer_models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                         pad_token="<pad>", unk_token="<unk>")
@@ -88,11 +96,7 @@ def random_model_dir(out: Path, mean_len: int) -> Path:
 
 def tiny_model_dir() -> Path | None:
     """The built tiny model's directory, or None if it has not been built (building takes a while)."""
-    try:
-        from data import tiny_model
-        path = tiny_model.model_dir(0, tiny_model.BUILD)
-    except (ImportError, AttributeError):
-        return None
+    path = tiny_model.model_dir(0, tiny_model.BUILD)
     return path if (path / "config.json").exists() else None
 
 
@@ -101,9 +105,7 @@ def prompt_texts(kind: str, n: int, prompt_len: int, seed: int) -> list[str]:
     if kind == "random":
         lengths = [max(4, int(prompt_len * rng.uniform(0.7, 1.3))) for _ in range(n)]
         return [" ".join(f"w{rng.randrange(RANDOM_VOCAB - 4)}" for _ in range(k)) for k in lengths]
-    from data import tiny_world
-    import student
-    problems = tiny_world.generate_problems(n, 3, seed) if kind == "tiny" else [
+    problems = world.generate_problems(n, 3, seed) if kind == "tiny" else [
         {"problem": f"What is {rng.randrange(100, 999)} + {rng.randrange(100, 999)}?"} for _ in range(n)]
     return [student.student_message(p["problem"]) for p in problems]
 
@@ -166,7 +168,6 @@ def linear_params(model) -> int:
 # ---- 1. sampler vs generate ---------------------------------------------------------------------
 
 def hf_generate(model, prompts, *, n, max_new_tokens, temperature, eos, pad_id, seed):
-    from transformers import GenerationConfig
     ids, mask = sampler.left_pad(prompts, pad_id, sampler.model_device(model))
     config = GenerationConfig(do_sample=temperature > 0, temperature=temperature or None, top_k=0, top_p=1.0,
                               max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad_id,
@@ -251,7 +252,6 @@ def parity_reward(completion_ids: list[list[int]], stop: set[int]) -> list[float
 
 
 def our_rloo_step(model, tokenizer, prompts, args, optimizer, scheduler, generator):
-    import rewards
     eos = models.eos_ids(tokenizer, model)
     models.activate(model, "student")
     times = {}
@@ -285,11 +285,10 @@ def bench_ours_rloo(path, texts, kind, args, device):
 
 
 def bench_trl_rloo(path, texts, args, device):
-    """TRL's RLOOTrainer on the same model, LoRA, prompts, group, batch, length cap and KL coefficient."""
+    """TRL's RLOOTrainer on the same model, LoRA, prompts, group, batch, length cap and KL coefficient.
+    TRL is not a project requirement, so it is imported here, when the comparison runs."""
     try:
         from datasets import Dataset
-        from peft import LoraConfig
-        from transformers import AutoTokenizer, GenerationConfig, TrainerCallback
         from trl import RLOOConfig, RLOOTrainer
     except ImportError as e:
         return f"not run: {e} (pip install trl)"
@@ -337,8 +336,7 @@ def bench_trl_rloo(path, texts, args, device):
 # ---- 3. SOAR outer step phases from a train.py run ---------------------------------------------
 
 def soar_phases(path: Path) -> dict[str, float]:
-    import json
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = read_jsonl(path)
     times = [line["times"] for line in lines if "times" in line]
     if not times:
         raise SystemExit(f"--metrics {path}: no line has a 'times' field")
@@ -367,7 +365,7 @@ def main(argv=None):
     if args.model == "random":
         path, kind = str(random_model_dir(workdir / "random", args.mean_len)), "random"
     elif args.model == "tiny":
-        path, kind = str(tiny_model_dir() or models.resolve_model("tiny")), "tiny"
+        path, kind = str(tiny_model.tiny_model_path()), "tiny"
     else:
         path, kind = args.model, "hub"
     texts = prompt_texts(kind, args.prompts, args.prompt_len, args.seed)

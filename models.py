@@ -12,11 +12,13 @@ import warnings
 from pathlib import Path
 
 import torch
+from huggingface_hub import model_info, snapshot_download
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from sampler import completion_logprobs, decode, sample
 
 PRESETS = {
-    "tiny": "built-in",  # data/tiny_model.py builds it on first use
     "small": "Qwen/Qwen2.5-1.5B-Instruct",
     "paper": "meta-llama/Llama-3.2-3B-Instruct",
 }
@@ -34,9 +36,6 @@ def resolve_model(name: str) -> str:
     touched; otherwise one short probe of the hub decides, because transformers would retry an
     unreachable hub for half a minute before failing.
     """
-    if name == "tiny":
-        from data.tiny_model import tiny_model_path
-        return str(tiny_model_path())
     model_id = PRESETS.get(name, name)
     if Path(model_id).is_dir():
         return model_id
@@ -44,7 +43,6 @@ def resolve_model(name: str) -> str:
         raise ModelUnavailable(
             f"--model {name!r}: not a preset ({', '.join(PRESETS)}), not a local model directory "
             "and not a hub id (owner/name)")
-    from huggingface_hub import model_info, snapshot_download
     try:
         return snapshot_download(model_id, local_files_only=True)
     except Exception:  # noqa: BLE001  (not cached: ask the hub)
@@ -62,9 +60,6 @@ def resolve_model(name: str) -> str:
 def load_model(name: str, quant: str = "none", lora_rank: int = 16, lora_alpha: int = 32,
                device: str | None = None):
     """Load the base once, add the teacher and student LoRA adapters; returns (model, tokenizer)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
     path = resolve_model(name)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

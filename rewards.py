@@ -4,9 +4,8 @@
 plus a few small guards for its known false positives (see `_vetoed`). Every check runs in a worker
 process with a wall-clock bound and no signals: a check that overruns counts as incorrect and its
 worker is killed and replaced, so no answer (`\\boxed{10^{10^{10^{10}}}}`, `\\boxed{100000!}`) can hang
-training. The reward functions below the checker are small and pure.
-
-`python -m rewards --agreement DIR` prints the checker's agreement figures on real benchmark files.
+training. The reward functions below the checker are small and pure. Its agreement with real
+benchmark answers is pinned by tests/test_rewards.py.
 """
 from __future__ import annotations
 
@@ -325,54 +324,3 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def learnability(success_rate: float) -> float:
     """Intrinsic-T reward of one question: 0 if never solved, else 1 - success rate."""
     return 0.0 if success_rate == 0 else 1.0 - success_rate
-
-
-# ---------------------------------------------------------------------------------------------
-# Agreement figures on real benchmark files
-
-def agreement(real_dir: Path, seed: int = 0) -> dict[str, tuple[int, int]]:
-    """(agreeing, total) per figure on the real data files in `real_dir`:
-    self: each gold, boxed, judged equal to itself; solution: a MATH solution text judged equal to
-    its own boxed answer; cross: MATH-500's answer judged equal to the MATH solution's boxed answer
-    for the problems in both files; shuffled: a gold judged DIFFERENT from another problem's gold,
-    over pairs whose texts differ."""
-    import random
-
-    from data.benchmarks import load_problems
-
-    math500 = load_problems(real_dir / "math500_test.jsonl")
-    olympiad = load_problems(real_dir / "olympiadbench_test.jsonl")
-    math = load_problems(real_dir / "math_test_1000_with_solutions.jsonl", answer_field="solution")
-    solutions = [row["solution"] for row in math]
-    figures = {}
-    for name, rows in (("math500", math500), ("olympiadbench", olympiad), ("math", math)):
-        golds = [row["answer"] for row in rows]
-        same = check_many([f"\\boxed{{{g}}}" for g in golds], golds)
-        figures[f"{name} self"] = (sum(same), len(same))
-        order = list(range(len(golds)))
-        random.Random(seed).shuffle(order)
-        pairs = [(golds[j], golds[i]) for i, j in enumerate(order) if _flat(golds[i]) != _flat(golds[j])]
-        judged = check_many([f"\\boxed{{{p}}}" for p, _ in pairs], [g for _, g in pairs])
-        figures[f"{name} shuffled, judged wrong"] = (len(judged) - sum(judged), len(judged))
-    own = check_many(solutions, [row["answer"] for row in math])
-    figures["math solution text vs its boxed answer"] = (sum(own), len(own))
-    answer_of = {row["problem"]: row["answer"] for row in math500}
-    both = [row for row in math if row["problem"] in answer_of]
-    cross = check_many([f"\\boxed{{{row['answer']}}}" for row in both], [answer_of[row["problem"]] for row in both])
-    figures["math500 answer vs MATH solution's box"] = (sum(cross), len(cross))
-    return figures
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Answer-checker agreement figures on real data.")
-    parser.add_argument("--agreement", type=Path, required=True, metavar="DIR",
-                        help="folder with math500_test.jsonl, olympiadbench_test.jsonl and "
-                             "math_test_1000_with_solutions.jsonl (e.g. ../shared/data/real)")
-    args = parser.parse_args()
-    start = time.perf_counter()
-    for name, (agree, total) in agreement(args.agreement).items():
-        print(f"{name:<45} {agree:>5} / {total:<5} {100 * agree / total:6.2f}%")
-    print(f"({time.perf_counter() - start:.1f} s on {len(_pool().workers)} worker processes; "
-          f"{_pool().timed_out} checks hit the 5 s bound)")

@@ -15,7 +15,6 @@ sampling and update in teacher.py, the answer checker and pass@k in rewards.py.
 import argparse
 import dataclasses
 import json
-import os
 import random
 import statistics
 import sys
@@ -25,11 +24,19 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from build_hard import hard_set_paths
+from data.benchmarks import load_problems
 from models import (ModelUnavailable, adapter_state, load_adapter_state, load_model,
                     make_optimizer, resolve_model, save_adapter, timed)
+from report import write_report
 from rewards import learnability, pass_at_k
+from run_dir import (append_jsonl, atomic_save, atomic_write_text, external_logger,
+                     forget_unfinished_steps, load_checkpoint, prepare_run_dir, read_jsonl,
+                     rng_state, set_rng_state, write_jsonl)
 from student import answer, correct_counts, greedy_accuracy, rloo_step, train_student
 from teacher import question_diversity, sample_pairs, teacher_update
+from tiny.model import tiny_hard_set, tiny_model_path
+from tiny.world import check_question
 
 
 # ---- config: every setting is a flag; presets only change defaults ------------------------------
@@ -51,7 +58,7 @@ class Config:
     hard_train: str = setting("", "hard train set (JSONL, problem/answer); default: the built one")
     hard_test: str = setting("", "hard test set (JSONL); default: the built one")
     dataset: str = setting("math", "which built hard set to use when --hard-train is not given")
-    hard_dir: str = setting("hard_sets", "where data.build_hard writes hard sets")
+    hard_dir: str = setting("hard_sets", "where build_hard.py writes hard sets")
     # the model
     quant: str = setting("auto", "4bit, 8bit or none; auto = 4bit on GPU for hub models, else none")
     lora_rank: int = setting(16, "LoRA rank of both adapters")
@@ -199,95 +206,7 @@ def config_problem(cfg: Config) -> str | None:
     return None
 
 
-# ---- the run directory: JSONL logs and atomic checkpoints ---------------------------------------
-
-def append_jsonl(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
-        if path.exists() else []
-
-
-def atomic_save(obj, path: Path) -> None:
-    """Write then rename: a kill at any moment leaves the old checkpoint or the new one, never half."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path):
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise SystemExit(f"error: checkpoint {path} is corrupt ({type(e).__name__}: {e}); "
-                         "delete it to restart that part of the run") from None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_jsonl(path: Path, rows) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def forget_unfinished_steps(job: Path, steps_done: int) -> None:
-    """Drop log lines of steps that were logged but never checkpointed (killed in between),
-    including a last line torn by the kill."""
-    from data.build_hard import read_results  # the rows before the first torn line
-    for path in (job / "metrics.jsonl", job / "questions.jsonl"):
-        if path.exists():
-            write_jsonl(path, [r for r in read_results(path) if r["step"] < steps_done])
-
-
-def external_logger(cfg: Config, run_dir: Path):
-    """A mirror of metrics.jsonl in TensorBoard or Weights & Biases: log(job, row)."""
-    def scalars(row, prefix=""):
-        for key, value in row.items():
-            if isinstance(value, dict):
-                yield from scalars(value, f"{prefix}{key}/")
-            elif isinstance(value, (int, float)) and not isinstance(value, bool) or key == "promoted":
-                yield prefix + key, float(value)
-
-    if cfg.log == "tensorboard":
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise SystemExit("error: --log tensorboard needs `pip install tensorboard`") from None
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
-
-        def log(job, row):
-            for key, value in scalars(row):
-                writer.add_scalar(f"{job}/{key}", value, row["step"])
-            writer.flush()
-        return log
-    if cfg.log == "wandb":
-        try:
-            import wandb
-        except ImportError:
-            raise SystemExit("error: --log wandb needs `pip install wandb`") from None
-        wandb.init(project="soar", name=run_dir.name, dir=str(run_dir), config=dataclasses.asdict(cfg))
-        return lambda job, row: wandb.log({f"{job}/{k}": v for k, v in scalars(row)})
-    return lambda job, row: None
-
-
-def rng_state(generator: torch.Generator, rng: random.Random) -> dict:
-    return {"torch": generator.get_state(), "python": rng.getstate()}
-
-
-def set_rng_state(generator: torch.Generator, rng: random.Random, state: dict) -> None:
-    generator.set_state(state["torch"])
-    rng.setstate(state["python"])
-
+# ---- what every stage shares ----------------------------------------------------------------------
 
 class World:
     """What every stage of a run shares: the model, its tokenizer, the data, the config."""
@@ -298,10 +217,8 @@ class World:
         self.fresh_student = adapter_state(model, "student")  # LoRA B = 0: the base model
         self.fresh_teacher = adapter_state(model, "teacher")
         self.log_external = lambda job, row: None  # set by main for --log
-        self.quality = None
-        if cfg.model == "tiny":  # the tiny world can grade any question exactly
-            from data.tiny_world import check_question
-            self.quality = check_question
+        # the tiny world can grade any question exactly
+        self.quality = check_question if cfg.model == "tiny" else None
 
 
 # ---- the outer loop: one teacher (grounded = SOAR, or intrinsic) --------------------------------
@@ -655,42 +572,23 @@ def load_hard_sets(cfg: Config) -> tuple[list[dict], list[dict]]:
     if cfg.hard_train or cfg.hard_test:
         if not (cfg.hard_train and cfg.hard_test):
             raise SystemExit("error: give both --hard-train and --hard-test")
-        from data.benchmarks import load_problems
         return load_problems(cfg.hard_train), load_problems(cfg.hard_test)
     if cfg.model == "tiny":
-        from data.tiny_model import tiny_hard_set
         return tiny_hard_set()
-    from data.build_hard import hard_set_paths
     train_path, test_path = hard_set_paths(cfg.hard_dir, cfg.model, cfg.dataset)
     if not train_path.exists():
         raise SystemExit(
             f"error: no hard set for --model {cfg.model} --dataset {cfg.dataset} in {cfg.hard_dir}/. "
             f"Build it first (long: k samples per problem):\n"
-            f"  python -m data.build_hard --model {cfg.model} --dataset {cfg.dataset} --k 128\n"
+            f"  python build_hard.py --model {cfg.model} --dataset {cfg.dataset} --k 128\n"
             f"or pass your own files with --hard-train FILE --hard-test FILE")
-    from data.benchmarks import load_problems
     return load_problems(str(train_path)), load_problems(str(test_path))
-
-
-def prepare_run_dir(run_dir: Path) -> None:
-    """A new run needs an empty (or new) directory we can write to; never overwrite a run."""
-    if (run_dir / "config.json").exists():
-        raise SystemExit(f"error: {run_dir} already holds a run; continue it with "
-                         f"`python train.py --resume {run_dir}` or choose another --out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise SystemExit(f"error: --out {run_dir} is not writable ({e.strerror})") from None
 
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["report"]:
         if len(argv) != 2:
             raise SystemExit("usage: python train.py report RUN_DIR")
-        from report import write_report
         for path in write_report(Path(argv[1])):
             print(path)
         return
@@ -700,7 +598,8 @@ def main(argv: list[str]) -> None:
         prepare_run_dir(run_dir)
     try:
         hard_train, hard_test = load_hard_sets(cfg)  # for tiny: builds the model and its hard set
-        path = resolve_model(cfg.model)  # fails at once when the model cannot be had
+        # fails at once when the model cannot be had
+        path = str(tiny_model_path()) if cfg.model == "tiny" else resolve_model(cfg.model)
     except (ModelUnavailable, OSError, ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
     if cfg.q_r > len(hard_train):
@@ -719,7 +618,7 @@ def main(argv: list[str]) -> None:
     if not resuming:
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     w = World(cfg, model, tokenizer, hard_train, hard_test)
-    w.log_external = external_logger(cfg, run_dir)
+    w.log_external = external_logger(cfg.log, run_dir, dataclasses.asdict(cfg))
     print(f"model {cfg.model}: hard train {len(hard_train)}, hard test {len(hard_test)} problems; "
           f"run directory {run_dir}")
     seeds = range(cfg.seed, cfg.seed + cfg.seeds)
@@ -733,7 +632,6 @@ def main(argv: list[str]) -> None:
                "config": dataclasses.asdict(cfg)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print_table(table)
-    from report import write_report
     write_report(run_dir)
     print(f"\nsummary: {run_dir / 'summary.json'}   report: {run_dir / 'report.md'}")
 

@@ -10,7 +10,7 @@ paper's benchmarks by name, downloaded once and read from the local cache afterw
 | `harp`          | `HARP.jsonl.zip` of github.com/aadityasingh/HARP (HARP, Yue et al. 2024; not on the hub) | `answer` |
 | `olympiadbench` | hub dataset `Hothan/OlympiadBench`, config `OE_TO_maths_en_COMP` (open-ended, text-only, maths, English) | `final_answer` (several joined by ", ") |
 
-Parquet needs `pyarrow` (`pip install pyarrow`). An unreachable hub fails within seconds with a
+Parquet needs `pyarrow` (`pip install pyarrow`), imported only when a Parquet file is read. An unreachable hub fails within seconds with a
 message saying how to pass a local file instead. A bad file fails naming the file and line.
 """
 import json
@@ -18,6 +18,8 @@ import os
 import urllib.request
 import zipfile
 from pathlib import Path
+
+import huggingface_hub
 
 from rewards import extract_boxed
 
@@ -142,21 +144,20 @@ def local_file_hint(name: str) -> str:
 
 def hub_snapshot(name: str, patterns: list[str]) -> Path:
     """Local folder of a hub dataset's files: from the cache, else downloaded; fails fast offline."""
-    from huggingface_hub import HfApi, snapshot_download
     repo = HUB[name]
     try:
-        return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=patterns,
+        return Path(huggingface_hub.snapshot_download(repo, repo_type="dataset", allow_patterns=patterns,
                                       local_files_only=True))
     except Exception:  # noqa: BLE001 (not cached yet)
         pass
     try:  # one short probe: the hub client itself retries an unreachable host for ~25 s
-        HfApi().dataset_info(repo, timeout=5)
+        huggingface_hub.HfApi().dataset_info(repo, timeout=5)
     except Exception as e:  # noqa: BLE001
         raise BenchmarkUnavailable(
             f"{name}: hub dataset {repo} is not cached and the Hugging Face hub is unreachable "
             f"({type(e).__name__}). Download it where there is internet "
             f"(`hf download {repo} --repo-type dataset`), {local_file_hint(name)}") from None
-    return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=patterns))
+    return Path(huggingface_hub.snapshot_download(repo, repo_type="dataset", allow_patterns=patterns))
 
 
 def snapshot_rows(folder: Path, pattern: str) -> list[tuple[str, object]]:

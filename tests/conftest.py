@@ -20,7 +20,7 @@ TEST_BUILD_OVERRIDES = dict(steps=250, batch_size=32, hidden_size=64, intermedia
 @pytest.fixture(scope="session")
 def lm_dir() -> Path:
     """HF-format directory of a toy-size tiny-world model (built once per machine)."""
-    from data.tiny_model import BUILD, build_model, model_dir
+    from tiny.model import BUILD, build_model, model_dir
     build = {**BUILD, **TEST_BUILD_OVERRIDES}
     path = model_dir(0, build)
     if not (path / "config.json").exists():
@@ -32,7 +32,7 @@ def lm_dir() -> Path:
 @pytest.fixture(scope="session")
 def problem_files(tmp_path_factory) -> tuple[Path, Path]:
     """Hard train / test JSONL files of tiny-world problems (for loop tests, not a real hard set)."""
-    from data.tiny_world import generate_problems
+    from tiny.world import generate_problems
     d = tmp_path_factory.mktemp("problems")
     paths = d / "hard_train.jsonl", d / "hard_test.jsonl"
     for path, seed in zip(paths, (1, 2)):

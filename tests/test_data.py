@@ -7,8 +7,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+import build_hard
 import sampler
-from data import benchmarks, build_hard
+from data import benchmarks
 from data.benchmarks import BenchmarkUnavailable, ProblemFileError, load_problems
 
 

@@ -12,6 +12,7 @@ import torch
 
 import train
 from models import adapter_state, load_adapter_state, load_model, make_optimizer, policy_gradient_step
+from run_dir import prepare_run_dir, read_jsonl
 from teacher import parse_teacher_output, question_diversity
 
 ROOT = train.Path(__file__).resolve().parents[1]
@@ -203,7 +204,7 @@ def _smoke_args(lm_dir, problem_files, out, *extra):
 def test_one_outer_step_fills_the_run_directory(lm_dir, problem_files, tmp_path):
     out = tmp_path / "run"
     train.main(_smoke_args(lm_dir, problem_files, out, "--methods", "base,soar", "--outer-steps", "1"))
-    rows = train.read_jsonl(out / "seed0" / "soar" / "metrics.jsonl")
+    rows = read_jsonl(out / "seed0" / "soar" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0]
     for key in ("dataset_rewards", "moving_avg", "promoted", "baseline_acc", "valid_rate", "times"):
         assert key in rows[0]
@@ -246,7 +247,7 @@ def test_resumed_run_matches_an_uninterrupted_one(lm_dir, problem_files, tmp_pat
     train.main(["--resume", str(tmp_path / "cut")])
 
     def comparable(run):
-        rows = train.read_jsonl(tmp_path / run / "seed0" / "soar" / "metrics.jsonl")
+        rows = read_jsonl(tmp_path / run / "seed0" / "soar" / "metrics.jsonl")
         return [{k: v for k, v in r.items() if k != "times"} for r in rows]
 
     assert [r["step"] for r in comparable("cut")] == [0, 1]
@@ -275,7 +276,7 @@ def test_sigkill_mid_run_loses_at_most_the_step_in_progress(lm_dir, problem_file
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--resume", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert [r["step"] for r in train.read_jsonl(metrics)] == [0, 1, 2]
+    assert [r["step"] for r in read_jsonl(metrics)] == [0, 1, 2]
     assert (out / "summary.json").exists()
 
 
@@ -299,4 +300,4 @@ def test_unwritable_output_fails_with_a_message(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(SystemExit, match="is not writable"):
-        train.prepare_run_dir(blocker / "run")  # a folder under a file can never be made
+        prepare_run_dir(blocker / "run")  # a folder under a file can never be made

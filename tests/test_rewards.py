@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import rewards
+from data.benchmarks import load_problems
 from rewards import (binary_reward, check_many, extract_boxed, is_correct, learnability, parse_gold,
                      pass_at_k, rloo_advantages, shaped_reward)
 
@@ -169,7 +170,6 @@ def test_learnability_is_zero_when_never_solved_else_one_minus_rate():
 # ---- real benchmark data ------------------------------------------------------------------------
 
 def real_golds(name: str, answer_field: str = "answer") -> list[str]:
-    from data.benchmarks import load_problems
     return [row["answer"] for row in load_problems(REAL / name, answer_field=answer_field)]
 
 
@@ -183,7 +183,6 @@ def test_every_real_gold_answer_checks_against_itself(name):
 
 @needs_real_data
 def test_math_solutions_agree_with_their_extracted_answers_and_with_math500():
-    from data.benchmarks import load_problems
     rows = random.Random(0).sample(load_problems(REAL / "math_test_1000_with_solutions.jsonl",
                                                  answer_field="solution"), 200)
     assert sum(check_many([r["solution"] for r in rows], [r["answer"] for r in rows])) >= 0.99 * len(rows)

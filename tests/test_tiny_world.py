@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import student
 import teacher
-from data import tiny_model, tiny_world
+from tiny import model as tiny_model
+from tiny import world as tiny_world
 from models import encode_prompt, plain_frame
 
 TOY_BUILD = tiny_model.BUILD | {"steps": 4, "batch_size": 8, "vocab_size": 300, "hidden_size": 16,

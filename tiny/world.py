@@ -17,12 +17,12 @@ for long sums (it adds long numbers only column by column): "quickly" 5-digit su
 answered in one go, and wrong, although the same sums asked plainly are worked out and right. Short
 "quickly" sums are the stepping stones: they are sometimes worked out, RL rewards the working, and
 the habit of answering in one go weakens for the long ones too (measured by
-`python -m data.tiny_model`). Plain sums teach nothing: the student already works them out.
+`python -m tiny.probes`). Plain sums teach nothing: the student already works them out.
 The answer space grows as 10^digits, so a one-go guess does not hit a long sum by chance.
 
 Everything the loop and the analysis need about the domain lives here: the problem generator, the
 exact checker for teacher-written questions, the student completions and the teacher outputs that
-make up the pretraining corpus (data/tiny_model.py trains on them).
+make up the pretraining corpus (tiny/model.py trains on them).
 """
 import random
 import re

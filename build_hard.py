@@ -1,6 +1,6 @@
 """The fail@k hard-set builder: the problems a model solves 0 times in k samples, split 50/50.
 
-    python -m data.build_hard --model small --dataset math --k 128 --out-dir hard_sets
+    python build_hard.py --model small --dataset math --k 128 --out-dir hard_sets
 
 samples k student answers per problem (student prompt, temperature 1), checks them, keeps the
 problems solved 0 times and splits them with a seed into `hard_train.jsonl` / `hard_test.jsonl`,
@@ -19,7 +19,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import models
+import sampler
+from data.benchmarks import load_problems
 from rewards import check_many
+from run_dir import append_jsonl, complete_rows, read_jsonl, write_jsonl
+from student import student_message
 
 
 def tag(name: str) -> str:
@@ -38,20 +43,6 @@ def hard_set_paths(hard_dir, model: str, dataset: str) -> tuple[Path, Path]:
     return folder / "hard_train.jsonl", folder / "hard_test.jsonl"
 
 
-def read_results(path: Path) -> list[dict]:
-    """Rows of a JSONL file written so far; a last line cut off by a kill is dropped (here: its
-    chunk is redone; train.py uses it the same way for its logs)."""
-    if not path.exists():
-        return []
-    results = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            results.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return results
-
-
 def split_hard(hard: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     order = list(range(len(hard)))
     random.Random(seed).shuffle(order)
@@ -59,19 +50,11 @@ def split_hard(hard: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     return [hard[i] for i in sorted(order[:half])], [hard[i] for i in sorted(order[half:])]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
 def build_hard(model, tokenizer, problems: list[dict], k: int, *, out_dir, chat_template: bool,
                max_new_tokens: int = 1024, batch_size: int = 64, chunk_problems: int = 8,
                seed: int = 0, check_timeout: float = 5.0, settings: dict | None = None,
                progress: bool = True) -> tuple[list[dict], list[dict], dict]:
     """Sample, check, filter and split; returns (hard_train, hard_test, stats) and writes them."""
-    from models import eos_ids, encode_prompt
-    from sampler import decode, sample
-    from student import student_message
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {**(settings or {}), "k": k, "max_new_tokens": max_new_tokens, "temperature": 1.0,
@@ -84,7 +67,8 @@ def build_hard(model, tokenizer, problems: list[dict], k: int, *, out_dir, chat_
     settings_path.write_text(json.dumps(settings, indent=1))
 
     results_path = out_dir / "results.jsonl"
-    results = read_results(results_path)
+    # Resume: keep the whole chunks already written (a kill can leave a chunk half done).
+    results = complete_rows(results_path)
     done = len(results) - len(results) % chunk_problems if len(results) < len(problems) else len(results)
     results = results[:done]
     for i, r in enumerate(results):
@@ -93,31 +77,29 @@ def build_hard(model, tokenizer, problems: list[dict], k: int, *, out_dir, chat_
                              f"dataset's problem {i}; delete the folder or choose another --out-dir")
     write_jsonl(results_path, results)  # drop any partial chunk before appending
 
-    eos, pad = eos_ids(tokenizer, model), tokenizer.pad_token_id
+    eos, pad = models.eos_ids(tokenizer, model), tokenizer.pad_token_id
     bar = tqdm(total=len(problems), initial=done, desc="fail@k", unit="problem", disable=not progress)
-    with results_path.open("a", encoding="utf-8") as out:
-        for start in range(done, len(problems), chunk_problems):
-            chunk = problems[start:start + chunk_problems]
-            # Each chunk has its own generator, so a resumed build samples exactly what a full one would.
-            generator = torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + start)
-            prompts = [encode_prompt(tokenizer, student_message(p["problem"]), chat_template) for p in chunk]
-            rollouts = sample(model, prompts, n=k, max_new_tokens=max_new_tokens, temperature=1.0,
-                              eos_token_ids=eos, pad_token_id=pad, batch_size=batch_size,
-                              generator=generator)
-            texts = decode(tokenizer, rollouts.completion_ids)
-            golds = [p["answer"] for p in chunk for _ in range(k)]
-            # A gold that does not check against itself cannot grade anything: the problem is dropped.
-            valid = check_many([f"\\boxed{{{p['answer']}}}" for p in chunk], [p["answer"] for p in chunk],
-                               timeout=check_timeout)
-            correct = check_many(texts, golds, timeout=check_timeout)
-            for j, p in enumerate(chunk):
-                n_correct = sum(correct[j * k:(j + 1) * k]) if valid[j] else None
-                out.write(json.dumps({**p, "index": start + j, "n_correct": n_correct, "k": k},
-                                     ensure_ascii=False) + "\n")
-            out.flush()
-            bar.update(len(chunk))
+    for start in range(done, len(problems), chunk_problems):
+        chunk = problems[start:start + chunk_problems]
+        # Each chunk has its own generator, so a resumed build samples exactly what a full one would.
+        generator = torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + start)
+        prompts = [models.encode_prompt(tokenizer, student_message(p["problem"]), chat_template)
+                   for p in chunk]
+        rollouts = sampler.sample(model, prompts, n=k, max_new_tokens=max_new_tokens, temperature=1.0,
+                          eos_token_ids=eos, pad_token_id=pad, batch_size=batch_size,
+                          generator=generator)
+        texts = sampler.decode(tokenizer, rollouts.completion_ids)
+        golds = [p["answer"] for p in chunk for _ in range(k)]
+        # A gold that does not check against itself cannot grade anything: the problem is dropped.
+        valid = check_many([f"\\boxed{{{p['answer']}}}" for p in chunk], [p["answer"] for p in chunk],
+                           timeout=check_timeout)
+        correct = check_many(texts, golds, timeout=check_timeout)
+        for j, p in enumerate(chunk):
+            n_correct = sum(correct[j * k:(j + 1) * k]) if valid[j] else None
+            append_jsonl(results_path, {**p, "index": start + j, "n_correct": n_correct, "k": k})
+        bar.update(len(chunk))
     bar.close()
-    return finish(out_dir, read_results(results_path), settings, seed)
+    return finish(out_dir, read_jsonl(results_path), settings, seed)
 
 
 def finish(out_dir: Path, results: list[dict], settings: dict, seed: int):
@@ -138,7 +120,7 @@ def finish(out_dir: Path, results: list[dict], settings: dict, seed: int):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="preset (tiny, small, paper), hub id or local path")
+    p.add_argument("--model", required=True, help="preset (small, paper), hub id or local path")
     p.add_argument("--dataset", required=True,
                    help="math, math500, harp, olympiadbench, or a local .jsonl/.json/.parquet file")
     p.add_argument("--split", default=None, help="benchmark split (math: test = the paper's pool)")
@@ -148,7 +130,7 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=int, default=128, help="samples per problem (paper 128)")
     p.add_argument("--out-dir", default="hard_sets", help="writes <out-dir>/<model>/<dataset>/")
     p.add_argument("--quant", default="auto", choices=["auto", "4bit", "8bit", "none"],
-                   help="auto = 4bit on GPU for hub models, else none")
+                   help="auto = 4bit on GPU, else none")
     p.add_argument("--chat-template", default="auto", choices=["auto", "on", "off"],
                    help="auto = on when the tokenizer has one")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="paper 1024")
@@ -160,11 +142,11 @@ def main(argv=None) -> None:
     if args.k < 1:
         p.error("--k must be at least 1")
 
-    from data.benchmarks import load_problems
-    import models
+    if args.model == "tiny":
+        p.error("--model tiny: the tiny world builds its own hard set (train.py does it on first use)")
     quant = args.quant
     if quant == "auto":
-        quant = "4bit" if torch.cuda.is_available() and args.model != "tiny" else "none"
+        quant = "4bit" if torch.cuda.is_available() else "none"
     try:
         problems = load_problems(args.dataset, problem_field=args.problem_field,
                                  answer_field=args.answer_field, split=args.split)[:args.limit]
