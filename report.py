@@ -20,13 +20,14 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from run_dir import read_jsonl  # noqa: E402
 
 KS = ("1", "4", "8", "16", "32")
-METHOD_ORDER = ("base", "hard_only", "soar", "soar_ps", "soar_pq", "intrinsic", "intrinsic_t", "base_t")
+METHOD_ORDER = ("base", "hard_only", "soar", "soar_ps", "soar_pq", "grounded_t", "intrinsic",
+                "intrinsic_t", "base_t")
 LABELS = {"base": "Base", "hard_only": "Hard-Only", "soar_ps": "SOAR-PS", "soar_pq": "SOAR-PQ",
-          "intrinsic_t": "Intrinsic-T", "base_t": "Base-T", "soar": "SOAR",
-          "intrinsic": "Intrinsic"}  # the teacher; Intrinsic-T is the student it feeds
+          "grounded_t": "Grounded-T", "intrinsic_t": "Intrinsic-T", "base_t": "Base-T",
+          "soar": "SOAR", "intrinsic": "Intrinsic"}  # the teachers; *-T are the students they feed
 COLORS = {"base": "0.45", "hard_only": "tab:red", "soar_ps": "tab:green", "soar_pq": "tab:blue",
-          "intrinsic_t": "tab:orange", "base_t": "tab:purple", "soar": "tab:blue",
-          "intrinsic": "tab:orange"}
+          "grounded_t": "tab:cyan", "intrinsic_t": "tab:orange", "base_t": "tab:purple",
+          "soar": "tab:blue", "intrinsic": "tab:orange"}
 SAMPLES_PER_SEED = 5
 STYLE = {"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 9, "figure.dpi": 110}
 
@@ -172,6 +173,20 @@ def plot_per_method(runs, panels, title):
     return fig
 
 
+def plot_teacher_learning(runs, summary):
+    """Per outer step, the share of stepping stones among each teacher's questions (tiny world),
+    with the untrained teacher's share (Base-T's questions) as a dashed line once the run is done."""
+    fig = plot_per_method(runs, [("quality", "stepping_stone", "stepping-stone share"),
+                                 ("quality", "quick", '"quickly" share')], "Teacher questions")
+    base = ((summary or {}).get("question_analysis") or {}).get("base_t") or {}
+    if fig is not None and "stepping_stone" in base:
+        for ax, key in zip(fig.axes, ("stepping_stone", "quick")):
+            ax.axhline(base[key]["mean"], color=COLORS["base_t"], linestyle="--",
+                       label="untrained teacher (Base-T's questions)")
+            ax.legend(loc="best")
+    return fig
+
+
 def plot_pass_at_k(summary):
     table = (summary or {}).get("pass_at_k") or {}
     if not table:
@@ -217,6 +232,13 @@ def pass_at_k_md(table):
     return md_table(["method"] + [f"@{k}" for k in KS] + ["n_seeds"], rows)
 
 
+def paired_md(paired):
+    rows = [[pair] + [f"{100 * c['mean']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}], "
+                      f"{c['wins']}/{c['n_seeds']}" if c else "–" for c in map(row.get, KS)]
+            for pair, row in paired.items()]
+    return md_table(["a - b"] + [f"@{k}" for k in KS], rows)
+
+
 def generic_md(analysis):
     """A dict of dicts becomes rows x columns; anything else a key / value table."""
     if analysis and all(isinstance(v, dict) for v in analysis.values()):
@@ -257,11 +279,14 @@ def plots(runs, config, summary):
             runs, [("valid_rate", None, "valid share of teacher samples")], "Teacher valid rate")),
         ("diversity.png", "Question diversity", "diversity metrics", lambda: plot_per_method(
             runs, [("diversity", "distinct", "distinct-question share"),
-                   ("diversity", "ngram_entropy", "n-gram entropy (bits)")], "Diversity")),
+                   ("diversity", "ngram_entropy", "n-gram entropy (bits)"),
+                   ("diversity", "vendi", "Vendi score (1-2-gram cosine)")], "Diversity")),
         ("quality.png", "Question quality (exact checker)", "quality metrics (tiny world only)",
          lambda: plot_per_method(runs, [("quality", "well_posed", "well-posed share"),
                                         ("quality", "correct", "correct-answer share")],
                                  "Quality")),
+        ("teacher_learning.png", "What the teachers write (exact checker)",
+         "quality metrics (tiny world only)", lambda: plot_teacher_learning(runs, summary)),
         ("pass_at_k.png", "Hard-test pass@k", "pass_at_k in summary.json",
          lambda: plot_pass_at_k(summary)),
     ]
@@ -283,6 +308,9 @@ def write_report(run_dir: Path) -> list[Path]:
     else:
         md += ["## Hard-test pass@k (%, mean ± sd over seeds)", ""]
         md += pass_at_k_md(summary.get("pass_at_k") or {}) + [""]
+        if summary.get("paired_differences"):
+            md += ["## Paired differences over seeds (pass@k points: mean [95% t interval], wins)", ""]
+            md += paired_md(summary["paired_differences"]) + [""]
         if summary.get("question_analysis"):
             md += ["## Question analysis", ""] + generic_md(summary["question_analysis"]) + [""]
     md += ["## Progress", ""] + (progress_md(runs) if runs else ["No metrics.jsonl yet."]) + [""]

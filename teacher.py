@@ -98,14 +98,42 @@ def teacher_update(model, tokenizer, optimizer, scheduler, datasets: list[list[d
     return stats
 
 
+def words(question: str) -> list[str]:
+    """Lower-cased words; symbols and digits are tokens of their own, so "3+5*2" has n-grams too."""
+    return re.findall(r"[a-z]+|\S", " ".join(question.lower().split()))
+
+
+def ngram_counts(tokens: list[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i:i + n]) for i in range(max(1, len(tokens) - n + 1)))
+
+
 def question_diversity(questions: list[str], n: int = 3) -> dict:
-    """Share of distinct questions, and the entropy (bits) of their word n-grams."""
+    """Share of distinct questions, the entropy (bits) of their word n-grams, and the Vendi score."""
     if not questions:
-        return {"distinct": 0.0, "ngram_entropy": 0.0}
+        return {"distinct": 0.0, "ngram_entropy": 0.0, "vendi": 0.0}
     normalized = [" ".join(q.lower().split()) for q in questions]
-    # Symbols and digits are tokens of their own, so "3+5*2" has n-grams too.
-    tokenized = [re.findall(r"[a-z]+|\S", q) for q in normalized]
-    grams = Counter(tuple(t[i:i + n]) for t in tokenized for i in range(max(1, len(t) - n + 1)))
+    grams = sum((ngram_counts(words(q), n) for q in questions), Counter())
     total = sum(grams.values())
     entropy = -sum(c / total * math.log2(c / total) for c in grams.values())
-    return {"distinct": len(set(normalized)) / len(normalized), "ngram_entropy": entropy}
+    return {"distinct": len(set(normalized)) / len(normalized), "ngram_entropy": entropy,
+            "vendi": vendi_score(questions)}
+
+
+def vendi_score(questions: list[str], ns: tuple[int, ...] = (1, 2)) -> float:
+    """The Vendi score (Friedman & Dieng, 2023), the paper's diversity measure: exp of the entropy
+    of the eigenvalues of K/n, with K the cosine similarity of the questions' word 1- and 2-gram
+    counts. It reads as an effective number of distinct questions: 1 when all are the same, n when
+    no two share an n-gram. (The `vendi-score` package computes the same with scikit-learn and
+    scipy; these few lines of torch spare the project both.)"""
+    if not questions:
+        return 0.0
+    features = [sum((ngram_counts(words(q), n) for n in ns), Counter()) for q in questions]
+    vocab = {g: i for i, g in enumerate({g for f in features for g in f})}
+    x = torch.zeros(len(questions), max(1, len(vocab)), dtype=torch.float64)
+    for row, f in enumerate(features):
+        for gram, count in f.items():
+            x[row, vocab[gram]] = count
+    x = torch.nn.functional.normalize(x, dim=1)
+    eigenvalues = torch.linalg.eigvalsh(x @ x.T / len(questions)).clamp(min=0)
+    eigenvalues = eigenvalues[eigenvalues > 1e-12]
+    return math.exp(-(eigenvalues * eigenvalues.log()).sum().item())

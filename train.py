@@ -15,12 +15,14 @@ sampling and update in teacher.py, the answer checker and pass@k in rewards.py.
 import argparse
 import dataclasses
 import json
+import math
 import random
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mpmath  # sympy's own dependency: Student's t for the paired intervals
 import torch
 from tqdm import tqdm
 
@@ -36,7 +38,7 @@ from run_dir import (append_jsonl, atomic_save, atomic_write_text, external_logg
 from student import answer, correct_counts, greedy_accuracy, rloo_step, train_student
 from teacher import question_diversity, sample_pairs, teacher_update
 from tiny.model import tiny_hard_set, tiny_model_path
-from tiny.world import check_question
+from tiny.world import classify
 
 
 # ---- config: every setting is a flag; presets only change defaults ------------------------------
@@ -54,7 +56,7 @@ class Config:
     seeds: int = setting(1, "how many seeds (mean and SD in the table)")
     methods: str = setting("base,soar,hard_only",
                            "comma list of: base, soar (gives soar_ps and soar_pq), hard_only, "
-                           "intrinsic_t, base_t")
+                           "grounded_t, intrinsic_t, base_t")
     hard_train: str = setting("", "hard train set (JSONL, problem/answer); default: the built one")
     hard_test: str = setting("", "hard test set (JSONL); default: the built one")
     dataset: str = setting("math", "which built hard set to use when --hard-train is not given")
@@ -90,7 +92,8 @@ class Config:
     # students trained from scratch for evaluation
     fresh_steps: int = setting(64, "RLOO steps on the hard train set (Hard-Only, and after PQ)")
     pq_steps: int = setting(64, "RLOO steps on PQ / teacher-sampled questions before the hard set")
-    sampled_questions: int = setting(128, "questions sampled from a teacher for Base-T / Intrinsic-T (paper 128)")
+    sampled_questions: int = setting(128, "questions sampled from a teacher for Grounded-T, Intrinsic-T, "
+                                           "Base-T (paper 128)")
     probe_every: int = setting(8, "fresh students: greedy hard-train accuracy every this many steps")
     # evaluation
     eval_samples: int = setting(32, "samples per hard-test problem for pass@k (paper 32)")
@@ -114,7 +117,7 @@ PRESETS = {
     # inner loop needs 16 steps of 16 questions to move the hard set (8 gave almost only zero
     # rewards); student lr 2e-3 was no better; teacher lr 1e-3 wrecked the teacher's arithmetic.
     "tiny": dict(quant="none", chat_template="off", seeds=3,
-                 methods="base,soar,hard_only,intrinsic_t,base_t", lora_rank=16, lora_alpha=32,
+                 methods="base,soar,hard_only,grounded_t,intrinsic_t,base_t", lora_rank=16, lora_alpha=32,
                  outer_steps=6, g=3, n=16, r=1, q_r=64, inner_steps=16, student_batch=16,
                  promotion_extra_steps=0, teacher_lr=3e-4, student_lr=1e-3, teacher_warmup=2,
                  teacher_max_tokens=64, student_max_tokens=64, fresh_steps=20, pq_steps=12,
@@ -127,8 +130,9 @@ PRESETS = {
 SMOKE = dict(seeds=1, outer_steps=2, g=2, n=4, r=1, q_r=4, inner_steps=1, student_batch=2,
              group_size=2, teacher_max_tokens=48, student_max_tokens=48, fresh_steps=2,
              pq_steps=1, sampled_questions=4, eval_samples=4, ks="1,4", intrinsic_samples=2,
-             probe_every=1, methods="base,soar,hard_only,intrinsic_t,base_t", threads=1)
-ALL_METHODS = ("base", "soar", "hard_only", "intrinsic_t", "base_t")
+             probe_every=1, methods="base,soar,hard_only,grounded_t,intrinsic_t,base_t",
+             threads=1)
+ALL_METHODS = ("base", "soar", "hard_only", "grounded_t", "intrinsic_t", "base_t")
 
 
 def parse_config(argv) -> tuple[Config, bool]:
@@ -218,7 +222,7 @@ class World:
         self.fresh_teacher = adapter_state(model, "teacher")
         self.log_external = lambda job, row: None  # set by main for --log
         # the tiny world can grade any question exactly
-        self.quality = check_question if cfg.model == "tiny" else None
+        self.quality = classify if cfg.model == "tiny" else None
 
 
 # ---- the outer loop: one teacher (grounded = SOAR, or intrinsic) --------------------------------
@@ -383,10 +387,11 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
 
 
 def question_quality(w: World, pairs) -> dict:
-    """Tiny world only: share of well-posed questions and of correct teacher answers."""
+    """Tiny world only: shares of well-posed questions, correct teacher answers, "quickly" sums,
+    and stepping stones (right-answered "quickly" sums of 2-4 digits)."""
     checks = [w.quality(p["problem"], p["answer"]) for p in pairs]
-    return {"well_posed": statistics.mean(c["well_posed"] for c in checks),
-            "correct": statistics.mean(c["correct"] for c in checks)}
+    return {key: statistics.mean(c[key] for c in checks)
+            for key in ("well_posed", "correct", "quick", "stepping_stone")}
 
 
 def log_step(row: dict, bar) -> None:
@@ -445,7 +450,8 @@ def train_fresh_student(w: World, name: str, seed: int, phases: list[tuple[list[
 
 
 def sample_teacher_questions(w: World, teacher: dict, seed: int, job: Path) -> list[dict]:
-    """`sampled_questions` valid questions from a teacher (Base-T, Intrinsic-T), saved for reuse."""
+    """`sampled_questions` valid questions from a teacher (Grounded-T, Intrinsic-T, Base-T), saved
+    for reuse."""
     path = job / "sampled_questions.jsonl"
     if path.exists():
         return read_jsonl(path)
@@ -494,8 +500,9 @@ def run_seed(w: World, seed: int, run_dir: Path) -> dict:
     results = {}
     if "base" in methods:
         results["base"] = evaluate(w, None, "base", seed, sd("base"))
-    if "soar" in methods:
+    if "soar" in methods or "grounded_t" in methods:
         soar = run_teacher(w, "soar", seed, sd("soar"))
+    if "soar" in methods:
         results["soar_ps"] = evaluate(w, soar["baseline"], "soar_ps", seed, sd("soar_ps"))
         pq = soar["promoted_questions"]
         phases = ([(pq, cfg.pq_steps)] if pq else []) + hard
@@ -504,12 +511,13 @@ def run_seed(w: World, seed: int, run_dir: Path) -> dict:
     if "hard_only" in methods:
         student = train_fresh_student(w, "hard_only", seed, hard, sd("hard_only"))
         results["hard_only"] = evaluate(w, student, "hard_only", seed, sd("hard_only"))
-    for name, teacher in (("intrinsic_t", None), ("base_t", w.fresh_teacher)):
-        if name not in methods:
-            continue
-        if teacher is None:
-            teacher = run_teacher(w, "intrinsic", seed, sd("intrinsic"))["teacher"]
-        questions = sample_teacher_questions(w, teacher, seed, sd(name))
+    # Students of questions sampled from a teacher: the trained SOAR teacher (Grounded-T), the
+    # intrinsic-reward teacher (Intrinsic-T) and the untrained model (Base-T).
+    teachers = {"grounded_t": lambda: soar["teacher"],
+                "intrinsic_t": lambda: run_teacher(w, "intrinsic", seed, sd("intrinsic"))["teacher"],
+                "base_t": lambda: w.fresh_teacher}
+    for name in [m for m in teachers if m in methods]:
+        questions = sample_teacher_questions(w, teachers[name](), seed, sd(name))
         if not questions:
             tqdm.write(f"seed {seed} {name}: the teacher wrote no valid question; "
                        "its student trains on the hard set alone")
@@ -521,8 +529,9 @@ def run_seed(w: World, seed: int, run_dir: Path) -> dict:
 
 # ---- summary: the pass@k table over seeds, and what the teachers wrote --------------------------
 
-METHOD_ORDER = ("base", "hard_only", "soar_ps", "soar_pq", "intrinsic_t", "base_t")
+METHOD_ORDER = ("base", "hard_only", "soar_ps", "soar_pq", "grounded_t", "intrinsic_t", "base_t")
 QUESTION_SETS = {"soar_pq": "soar/promoted_questions.jsonl",
+                 "grounded_t": "grounded_t/sampled_questions.jsonl",
                  "intrinsic_t": "intrinsic_t/sampled_questions.jsonl",
                  "base_t": "base_t/sampled_questions.jsonl"}
 
@@ -540,6 +549,37 @@ def pass_at_k_table(per_seed: dict[int, dict]) -> dict:
         if runs:
             table[method] = {k: mean_sd([r[k] for r in runs]) for k in runs[0]}
     return table
+
+
+# (a, b): is a better than b? The paper's comparisons, each measured seed by seed.
+PAIRED = (("soar_pq", "hard_only"), ("soar_ps", "hard_only"), ("grounded_t", "base_t"),
+          ("grounded_t", "intrinsic_t"), ("soar_pq", "base_t"), ("intrinsic_t", "base_t"))
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Student's t quantile (p > 0.5), by bisection on its CDF."""
+    def cdf(t):
+        return 1 - mpmath.betainc(df / 2, 0.5, 0, df / (df + t * t), regularized=True) / 2
+    return float(mpmath.findroot(lambda t: cdf(t) - p, (0, 1000), solver="bisect"))
+
+
+def paired_differences(per_seed: dict[int, dict]) -> dict:
+    """Per pair of PAIRED and k: the mean per-seed difference of pass@k, its SD, a 95% t interval
+    and the number of seeds where a beat b (seeds that ran both methods)."""
+    out = {}
+    for a, b in PAIRED:
+        runs = [(r[a]["pass_at_k"], r[b]["pass_at_k"]) for r in per_seed.values() if a in r and b in r]
+        if not runs:
+            continue
+        out[f"{a} - {b}"] = row = {}
+        for k in runs[0][0]:
+            diffs = [pa[k] - pb[k] for pa, pb in runs]
+            stats = mean_sd(diffs)
+            half = (t_quantile(0.975, len(diffs) - 1) * stats["sd"] / math.sqrt(len(diffs))
+                    if len(diffs) > 1 else float("nan"))
+            row[k] = {**stats, "ci95": [stats["mean"] - half, stats["mean"] + half],
+                      "wins": sum(d > 0 for d in diffs)}
+    return out
 
 
 def question_analysis(w: World, run_dir: Path, seeds) -> dict:
@@ -564,6 +604,19 @@ def print_table(table: dict) -> None:
     for method, row in table.items():
         cells = "".join(f"{100 * row[k]['mean']:>8.1f} ± {100 * row[k]['sd']:<4.1f}" for k in ks)
         print(f"{method:<12}{cells}   {row[ks[0]]['n_seeds']}")
+
+
+def print_paired(paired: dict) -> None:
+    if not paired:
+        return
+    ks = list(next(iter(paired.values())).keys())
+    print("\npaired differences of pass@k (points), mean [95% t interval] over seeds; wins: seeds a > b")
+    print(f"{'a - b':<26}" + "".join(f"{'@' + k:>22}" for k in ks) + "   wins")
+    for pair, row in paired.items():
+        cells = "".join(f"{100 * c['mean']:>+7.1f} [{100 * c['ci95'][0]:+6.1f},{100 * c['ci95'][1]:+6.1f}]"
+                        for c in row.values())
+        wins = "/".join(f"{c['wins']}" for c in row.values())
+        print(f"{pair:<26}{cells}   {wins} of {row[ks[0]]['n_seeds']}")
 
 
 # ---- main ---------------------------------------------------------------------------------------
@@ -628,10 +681,12 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"\ninterrupted: every completed step is saved; continue with "
                          f"`python train.py --resume {run_dir}`") from None
     table = pass_at_k_table(per_seed)
-    summary = {"pass_at_k": table, "question_analysis": question_analysis(w, run_dir, seeds),
+    summary = {"pass_at_k": table, "paired_differences": paired_differences(per_seed),
+               "question_analysis": question_analysis(w, run_dir, seeds),
                "config": dataclasses.asdict(cfg)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print_table(table)
+    print_paired(summary["paired_differences"])
     write_report(run_dir)
     print(f"\nsummary: {run_dir / 'summary.json'}   report: {run_dir / 'report.md'}")
 

@@ -13,7 +13,7 @@ import torch
 import train
 from models import adapter_state, load_adapter_state, load_model, make_optimizer, policy_gradient_step
 from run_dir import prepare_run_dir, read_jsonl
-from teacher import parse_teacher_output, question_diversity
+from teacher import parse_teacher_output, question_diversity, vendi_score
 
 ROOT = train.Path(__file__).resolve().parents[1]
 
@@ -52,6 +52,36 @@ def test_diversity_counts_repeats():
     varied = question_diversity([f"Compute {a}+{b}." for a in range(9) for b in range(9)])
     same = question_diversity(["Compute 1+2."] * 81)
     assert varied["ngram_entropy"] > same["ngram_entropy"]
+
+
+def test_vendi_score_counts_effectively_distinct_questions():
+    assert vendi_score(["Compute 1+2."] * 8) == pytest.approx(1.0)
+    assert vendi_score(["alpha beta", "gamma delta", "epsilon zeta"]) == pytest.approx(3.0)
+    assert vendi_score(["alpha beta", "gamma delta"] * 4) == pytest.approx(2.0)
+    shared = vendi_score(["Compute 12+34.", "Compute 12+35.", "Compute 98+76."])
+    assert 1.0 < shared < 3.0  # overlapping n-grams make questions count less than once each
+    assert question_diversity(["alpha beta", "gamma delta"])["vendi"] == pytest.approx(2.0)
+
+
+def test_t_quantile_matches_student_t_tables():
+    assert train.t_quantile(0.975, 1) == pytest.approx(12.706, abs=1e-3)
+    assert train.t_quantile(0.975, 2) == pytest.approx(4.303, abs=1e-3)
+    assert train.t_quantile(0.975, 10) == pytest.approx(2.228, abs=1e-3)
+
+
+def test_paired_differences_pair_seeds_and_count_wins():
+    def result(p):
+        return {"pass_at_k": {"8": p}}
+    per_seed = {0: {"soar_pq": result(0.5), "hard_only": result(0.1)},
+                1: {"soar_pq": result(0.3), "hard_only": result(0.2)},
+                2: {"soar_pq": result(0.1), "hard_only": result(0.2)},
+                3: {"hard_only": result(0.9)}}  # seed 3 lacks soar_pq: not paired
+    cell = train.paired_differences(per_seed)["soar_pq - hard_only"]["8"]
+    assert cell["n_seeds"] == 3 and cell["wins"] == 2
+    assert cell["mean"] == pytest.approx((0.4 + 0.1 - 0.1) / 3)
+    half = 4.303 * cell["sd"] / 3 ** 0.5
+    assert cell["ci95"] == pytest.approx([cell["mean"] - half, cell["mean"] + half], abs=1e-3)
+    assert "grounded_t - base_t" not in train.paired_differences(per_seed)
 
 
 # ---- promotion ----------------------------------------------------------------------------------
@@ -216,6 +246,20 @@ def test_one_outer_step_fills_the_run_directory(lm_dir, problem_files, tmp_path)
     for role in ("teacher", "student"):
         assert (out / "seed0" / "soar" / "adapters" / role / "adapter_config.json").exists()
     assert (out / "report.md").exists()
+
+
+def test_every_method_runs_and_lands_in_the_table_and_the_paired_comparisons(lm_dir, problem_files,
+                                                                           tmp_path):
+    out = tmp_path / "run"
+    train.main(_smoke_args(lm_dir, problem_files, out, "--seeds", "2"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["pass_at_k"]) == set(train.METHOD_ORDER)
+    assert set(summary["paired_differences"]) == {f"{a} - {b}" for a, b in train.PAIRED}
+    assert all(cell["n_seeds"] == 2 for row in summary["paired_differences"].values()
+               for cell in row.values())
+    for seed in (0, 1):  # Grounded-T's questions come from SOAR's final teacher
+        assert (out / f"seed{seed}" / "grounded_t" / "sampled_questions.jsonl").exists()
+    assert "Grounded-T" in (out / "report.md").read_text()
 
 
 def test_an_existing_run_is_never_overwritten(lm_dir, problem_files, tmp_path):

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from report import write_report
+from report import KS, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOTS = ["teacher_reward.png", "hard_train_acc.png", "valid_rate.png", "diversity.png",
-         "quality.png", "pass_at_k.png"]
+         "quality.png", "teacher_learning.png", "pass_at_k.png"]
 
 
 def write_jsonl(path, rows):
@@ -38,9 +38,11 @@ def teacher_rows(method, seed, steps, rng):
             "valid_rate": min(1, rng.uniform(0.5, 0.7) + 0.01 * step),
             "teacher_loss": rng.random(),
             "diversity": {"distinct": rng.uniform(0.85, 0.95) - 0.6 * collapse,
-                          "ngram_entropy": rng.uniform(5, 5.3) - 2 * collapse},
+                          "ngram_entropy": rng.uniform(5, 5.3) - 2 * collapse,
+                          "vendi": rng.uniform(20, 30) - 15 * collapse},
             "quality": {"well_posed": rng.uniform(0.6, 0.7) + 0.2 * collapse,
-                        "correct": rng.uniform(0.3, 0.4) + 0.2 * collapse},
+                        "correct": rng.uniform(0.3, 0.4) + 0.2 * collapse,
+                        "quick": rng.uniform(0.4, 0.6), "stepping_stone": 0.1 + 0.01 * step},
             "times": {"teacher_sample": 1.0, "student_sample": 4.0, "check": 0.3, "train": 3.0},
             "sample_question": "What is 2+3?", "sample_answer": "5"})
     return rows
@@ -74,8 +76,12 @@ def make_run(root, *, seeds=2, steps=12, methods=("soar", "intrinsic_t", "hard_o
                                 "n": stat(128, 0.0)},
                     "intrinsic_t": {"well_posed": stat(0.8, 0.02), "correct": stat(0.55, 0.1),
                                     "n": stat(128, 0.0)}}
+        analysis["base_t"] = {"stepping_stone": stat(0.12, 0.02), "quick": stat(0.5, 0.05)}
+        paired = {"soar_pq - hard_only": {k: {"mean": 0.1, "sd": 0.02, "n_seeds": seeds,
+                                              "ci95": [0.05, 0.15], "wins": seeds} for k in KS}}
         (root / "summary.json").write_text(json.dumps(
-            {"pass_at_k": pass_at_k, "question_analysis": analysis, "config": {}}))
+            {"pass_at_k": pass_at_k, "paired_differences": paired, "question_analysis": analysis,
+             "config": {}}))
     return root
 
 
@@ -89,6 +95,7 @@ def test_full_run_writes_every_plot_and_the_tables(tmp_path):
     assert "| Hard-Only |" in md and "| Intrinsic-T | " in md and "| 2 |" in md
     assert "| SOAR-PQ | 0.65 ± 0.05 | 0.33 ± 0.1 | 128 ± 0 |" in md
     assert "![Teacher reward](teacher_reward.png)" in md
+    assert "| soar_pq - hard_only | +10.0 [+5.0, +15.0], 2/2 |" in md
     assert "Compute 0 * (0 + 7) - 3" in md and "**seed1**" in md
     assert "Skipped" not in md and "Unfinished" not in md
 

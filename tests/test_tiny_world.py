@@ -52,6 +52,21 @@ def test_checker_marks_ill_posed_questions(question):
     assert tiny_world.is_quick(question) is None
 
 
+@pytest.mark.parametrize("question, answer, stone", [
+    ("Quickly, compute 47+38.", "85", True), ("Quickly, compute 4721+3850.", "8571", True),
+    ("Quickly, compute 47+38.", "84", False),        # a wrong answer teaches the wrong thing
+    ("Compute 47+38.", "85", False),                 # plain sums are already worked out
+    ("Quickly, compute 4+3.", "7", False),           # 1 digit: already solved
+    ("Quickly, compute 47213+38501.", "85714", False),  # 5 digits: the hard set itself
+    ("Quickly compute 47+38.", "85", False),         # ill-posed
+])
+def test_classify_marks_right_quick_sums_of_two_to_four_digits_as_stepping_stones(question, answer,
+                                                                                  stone):
+    verdict = tiny_world.classify(question, answer)
+    assert verdict["stepping_stone"] is stone
+    assert {k: verdict[k] for k in ("well_posed", "correct")} == tiny_world.check_question(question, answer)
+
+
 def test_difficulty_is_the_longer_operand_and_the_phrasing_is_read():
     assert tiny_world.difficulty("Compute 7+12345.") == 5
     assert tiny_world.difficulty("Compute 0+0.") == 1

@@ -79,6 +79,23 @@ def check_question(question: str, answer: str) -> dict:
             and answer.lstrip("0") == gold.lstrip("0")}
 
 
+# "Quickly" sums this long with the right answer are what one student inner loop learns the hard
+# set from (measured by `python -m tiny.probes`: 0.19-0.24 hard-train greedy after 16 RLOO steps on
+# them, 0.00 on plain sums); 1-digit ones are already solved and 5-digit ones are the hard set.
+STEPPING_STONE_DIGITS = (2, 3, 4)
+
+
+def classify(question: str, answer: str) -> dict:
+    """What a teacher-written pair is, exactly: check_question's verdict, the phrasing, the length,
+    and whether it is a useful stepping stone by the world's own measure."""
+    verdict = check_question(question, answer)
+    parsed = parse_question(question)
+    digits = None if parsed is None else max(len(parsed[0]), len(parsed[1]))
+    quick = parsed is not None and parsed[2]
+    return {**verdict, "quick": quick, "digits": digits,
+            "stepping_stone": quick and verdict["correct"] and digits in STEPPING_STONE_DIGITS}
+
+
 def random_operand(rng: random.Random, n_digits: int) -> str:
     """A number with exactly n_digits digits (0 counts as one digit)."""
     return str(rng.randrange(10 ** (n_digits - 1) if n_digits > 1 else 0, 10 ** n_digits))
