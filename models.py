@@ -206,6 +206,11 @@ def policy_gradient_step(model, role: str, optimizer, prompt_ids, completion_ids
     return {"loss": total_loss, "kl": total_kl, "skipped": 0}
 
 
+def update_outcome(stats: dict) -> str:
+    """What became of a policy-gradient step that was taken: "applied", or "non-finite" (dropped)."""
+    return "non-finite" if stats["skipped"] else "applied"
+
+
 # ---- sampling and timing helpers the loop uses everywhere --------------------------------------
 
 def generate(model, tokenizer, prompt_ids, *, n, temperature, max_new_tokens, batch_size,

@@ -7,7 +7,8 @@ import random
 
 import torch
 
-from models import activate, encode_prompt, generate, make_optimizer, policy_gradient_step, timed
+from models import (activate, encode_prompt, generate, make_optimizer, policy_gradient_step, timed,
+                    update_outcome)
 from rewards import binary_reward, check_many, rloo_advantages, shaped_reward
 
 STUDENT_INSTRUCTION = (
@@ -58,16 +59,17 @@ def rloo_step(model, tokenizer, optimizer, scheduler, batch: list[dict], cfg, ge
     rewards = torch.tensor(rewards, dtype=torch.float32).view(len(batch), G)
     advantages = rloo_advantages(rewards).flatten()
     stats = {"reward": rewards.mean().item(), "accuracy": sum(correct) / len(correct),
-             "loss": 0.0, "kl": 0.0, "skipped": 0}
+             "loss": 0.0, "kl": 0.0, "skipped": 0, "update": "no signal"}
     with timed(times, "train"):
         # When every answer in every group scored the same, RLOO has no signal and the only
         # gradient left is the KL pull towards the base: we skip the update (and its two
-        # forwards, which dominate Hard-Only's cost).
+        # forwards, which dominate Hard-Only's cost), and say so in the stats.
         if advantages.abs().sum() > 0:
             stats |= policy_gradient_step(
                 model, "student", optimizer, rollouts.prompt_ids, rollouts.completion_ids,
                 advantages, kl_coef=cfg.kl_coef, pad_token_id=tokenizer.pad_token_id,
                 micro_batch=cfg.micro_batch, max_new_tokens=cfg.student_max_tokens)
+            stats["update"] = update_outcome(stats)
     scheduler.step()
     return stats
 

@@ -10,7 +10,7 @@ from collections import Counter
 
 import torch
 
-from models import activate, encode_prompt, generate, policy_gradient_step, timed
+from models import activate, encode_prompt, generate, policy_gradient_step, timed, update_outcome
 from rewards import check_many, extract_boxed, rloo_advantages
 
 TEACHER_INSTRUCTION = (
@@ -86,7 +86,7 @@ def teacher_update(model, tokenizer, optimizer, scheduler, datasets: list[list[d
     advantages = rloo_advantages(torch.tensor(dataset_rewards, dtype=torch.float32))
     rows = [(pair, adv) for data, adv in zip(datasets, advantages.tolist()) for pair in data]
     if all(adv == 0 for _, adv in rows):  # all datasets scored the same: no signal
-        stats = {"loss": 0.0, "kl": 0.0, "skipped": 0}
+        stats = {"loss": 0.0, "kl": 0.0, "skipped": 0, "update": "no signal"}
     else:
         stats = policy_gradient_step(
             model, "teacher", optimizer,
@@ -94,6 +94,7 @@ def teacher_update(model, tokenizer, optimizer, scheduler, datasets: list[list[d
             torch.tensor([adv for _, adv in rows]), kl_coef=cfg.kl_coef,
             pad_token_id=tokenizer.pad_token_id, micro_batch=cfg.micro_batch,
             max_new_tokens=cfg.teacher_max_tokens)
+        stats["update"] = update_outcome(stats)
     scheduler.step()
     return stats
 

@@ -19,6 +19,7 @@ import math
 import random
 import statistics
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,16 +233,17 @@ def grounded_rewards(w: World, datasets, q_r, baseline, baseline_acc, steps, gen
 
     Every copy starts from the baseline student and is thrown away afterwards, except the copies
     of the best dataset so far: one of them becomes the baseline if this step promotes.
-    Returns (rewards [g][r], copies of the best dataset, updates skipped as non-finite).
+    Returns (rewards [g][r], copies of the best dataset, how many student updates were applied,
+    had no signal (every answer scored the same) or were dropped as non-finite).
     """
-    rewards, best_copies, skipped = [], None, 0
+    rewards, best_copies, updates = [], None, Counter()
     bar = tqdm(total=len(datasets) * w.cfg.r, desc="student copies", leave=False, dynamic_ncols=True)
     for data in datasets:
         r_k, states = [], []
         for _ in range(w.cfg.r):
             load_adapter_state(w.model, "student", baseline)
             history = train_student(w.model, w.tokenizer, data, steps, w.cfg, generator, rng, times)
-            skipped += sum(h["skipped"] for h in history)
+            updates.update(h["update"] for h in history)
             r_k.append(greedy_accuracy(w.model, w.tokenizer, q_r, w.cfg, times) - baseline_acc)
             states.append(adapter_state(w.model, "student"))
             bar.update()
@@ -250,7 +252,7 @@ def grounded_rewards(w: World, datasets, q_r, baseline, baseline_acc, steps, gen
         rewards.append(r_k)
     bar.close()
     load_adapter_state(w.model, "student", baseline)
-    return rewards, best_copies, skipped
+    return rewards, best_copies, dict(updates)
 
 
 def intrinsic_rewards(w: World, datasets, generator, times):
@@ -262,7 +264,7 @@ def intrinsic_rewards(w: World, datasets, generator, times):
             counts = correct_counts(w.model, w.tokenizer, data, w.cfg.intrinsic_samples, w.cfg,
                                     generator)
         rewards.append([statistics.mean(learnability(c / w.cfg.intrinsic_samples) for c in counts)])
-    return rewards, None, 0
+    return rewards, None, {}
 
 
 def update_window(window: list[float], mean_reward: float, size: int, tau: float):
@@ -326,10 +328,10 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
         if datasets is not None:
             if grounded:
                 steps = cfg.inner_steps + (cfg.promotion_extra_steps if state["n_promotions"] else 0)
-                rewards, copies, skipped = grounded_rewards(
+                rewards, copies, student_updates = grounded_rewards(
                     w, datasets, q_r, state["baseline"], baseline_acc, steps, generator, rng, times)
             else:
-                rewards, copies, skipped = intrinsic_rewards(w, datasets, generator, times)
+                rewards, copies, student_updates = intrinsic_rewards(w, datasets, generator, times)
             dataset_rewards = [statistics.mean(r) for r in rewards]
 
             # 4. promotion: when the moving average of the mean reward clears tau, the median copy
@@ -351,7 +353,8 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
                 update = teacher_update(model, tokenizer, optimizer, scheduler, datasets,
                                         dataset_rewards, cfg)
         else:
-            dataset_rewards, moving_avg, update, skipped = [], None, {"loss": None, "skipped": 0}, 0
+            dataset_rewards, moving_avg, student_updates = [], None, {}
+            update = {"loss": None, "update": "no valid pairs"}
             scheduler.step()
 
         questions = [p["problem"] for p in pairs]
@@ -361,7 +364,8 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
                "n_promotions": state["n_promotions"],
                "n_promoted_questions": len(state["promoted_questions"]),
                "baseline_acc": baseline_acc, "valid_rate": valid_rate,
-               "teacher_loss": update["loss"], "skipped_updates": skipped + update["skipped"],
+               "teacher_loss": update["loss"], "teacher_update": update["update"],
+               "student_updates": student_updates,
                "diversity": question_diversity(questions),
                "times": {k: round(v, 3) for k, v in times.items()}}
         if pairs:
@@ -402,6 +406,13 @@ def log_step(row: dict, bar) -> None:
               f"base_acc {row['baseline_acc']:.3f} promoted {'YES' if row['promoted'] else 'no '} "
               f"(total {row['n_promotions']}) | gen {t.get('teacher_sample', 0) + t.get('student_sample', 0):.1f}s "
               f"check {t.get('check', 0):.1f}s train {t.get('train', 0):.1f}s eval {t.get('eval', 0):.1f}s")
+    updates = row["student_updates"]
+    if updates:
+        bar.write(f"  updates: student {updates.get('applied', 0)} of {sum(updates.values())} applied "
+                  f"({updates.get('no signal', 0)} without signal, {updates.get('non-finite', 0)} "
+                  f"non-finite); teacher {row['teacher_update']}")
+    elif row["teacher_update"] != "applied":
+        bar.write(f"  updates: teacher {row['teacher_update']}")
 
 
 def show_sample(w: World, pair: dict) -> None:
@@ -438,7 +449,7 @@ def train_fresh_student(w: World, name: str, seed: int, phases: list[tuple[list[
         batch = rng.sample(schedule[step], min(cfg.student_batch, len(schedule[step])))
         stats = rloo_step(model, tokenizer, optimizer, scheduler, batch, cfg, generator, times)
         row = {"method": name, "seed": seed, "step": step, "train_reward": stats["reward"],
-               "skipped": stats["skipped"], "times": {k: round(v, 3) for k, v in times.items()}}
+               "update": stats["update"], "times": {k: round(v, 3) for k, v in times.items()}}
         if (step + 1) % cfg.probe_every == 0 or step + 1 == total:
             row["hard_train_acc"] = greedy_accuracy(model, tokenizer, probe, cfg, row["times"])
         append_jsonl(job / "metrics.jsonl", row)

@@ -196,6 +196,21 @@ def test_4bit_base_trains_lora_on_cpu(lm_dir):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_student_step_without_signal_is_reported_as_such_and_changes_nothing(shared):
+    from student import rloo_step
+    model, tokenizer = shared
+    cfg = train.Config(**{**train.SMOKE, "chat_template": "off"})
+    optimizer, scheduler = make_optimizer(model, "student", 1e-2, total_steps=4)
+    before = adapter_state(model, "student")
+    # no answer can be right: every reward is 0, so every RLOO advantage is 0
+    batch = [{"problem": "Compute 1+2.", "answer": "\\text{never}"}] * 2
+    stats = rloo_step(model, tokenizer, optimizer, scheduler, batch, cfg,
+                      torch.Generator().manual_seed(0), {})
+    assert stats["update"] == "no signal" and stats["reward"] == 0.0
+    after = adapter_state(model, "student")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 # ---- the command line ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, message", [
@@ -236,8 +251,11 @@ def test_one_outer_step_fills_the_run_directory(lm_dir, problem_files, tmp_path)
     train.main(_smoke_args(lm_dir, problem_files, out, "--methods", "base,soar", "--outer-steps", "1"))
     rows = read_jsonl(out / "seed0" / "soar" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0]
-    for key in ("dataset_rewards", "moving_avg", "promoted", "baseline_acc", "valid_rate", "times"):
+    for key in ("dataset_rewards", "moving_avg", "promoted", "baseline_acc", "valid_rate", "times",
+                "student_updates", "teacher_update"):
         assert key in rows[0]
+    assert sum(rows[0]["student_updates"].values()) == 2  # g=2 datasets x r=1 copy x 1 inner step
+    assert rows[0]["teacher_update"] in ("applied", "no signal", "non-finite", "no valid pairs")
     config = json.loads((out / "config.json").read_text())
     assert config["quant"] == "none" and config["chat_template"] == "off"
     summary = json.loads((out / "summary.json").read_text())
