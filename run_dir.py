@@ -6,13 +6,31 @@ builder's results, the report's inputs): one JSON object per line, appended and 
 comes. `read_jsonl` is strict and names the file and line of anything malformed. A kill can tear
 only the line being written, the last one; `keep_complete_rows` is how a resuming job drops it
 (and the rows it wants redone) before appending again.
+
+One process writes the run directory: in the others `write_nothing()` makes every write here a
+no-op, so the code that runs on every process can call them all the same.
 """
 import json
 import os
-import random
 from pathlib import Path
 
 import torch
+
+
+_writing = True
+
+
+def write_nothing() -> None:
+    """From now on every write of this module does nothing in this process."""
+    global _writing
+    _writing = False
+
+
+def writable(path: Path) -> bool:
+    """Whether this process writes; if so, the file's folder exists."""
+    if _writing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return _writing
 
 
 # ---- JSONL --------------------------------------------------------------------------------------
@@ -22,6 +40,8 @@ def to_line(row: dict) -> str:
 
 
 def append_jsonl(path: Path, row: dict) -> None:
+    if not writable(path):
+        return
     with open(path, "a", encoding="utf-8") as f:
         f.write(to_line(row))
         f.flush()
@@ -80,12 +100,16 @@ def forget_unfinished_steps(job: Path, steps_done: int) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write then rename: a kill at any moment leaves the old file or the new one, never half."""
+    if not writable(path):
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
 def atomic_save(obj, path: Path) -> None:
+    if not writable(path):
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -99,15 +123,6 @@ def load_checkpoint(path: Path):
     except Exception as e:  # noqa: BLE001
         raise SystemExit(f"error: checkpoint {path} is corrupt ({type(e).__name__}: {e}); "
                          "delete it to restart that part of the run") from None
-
-
-def rng_state(generator: torch.Generator, rng: random.Random) -> dict:
-    return {"torch": generator.get_state(), "python": rng.getstate()}
-
-
-def set_rng_state(generator: torch.Generator, rng: random.Random, state: dict) -> None:
-    generator.set_state(state["torch"])
-    rng.setstate(state["python"])
 
 
 def prepare_run_dir(run_dir: Path) -> None:

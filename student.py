@@ -85,12 +85,17 @@ def train_student(model, tokenizer, problems: list[dict], steps: int, cfg, gener
     return history
 
 
-def greedy_accuracy(model, tokenizer, problems: list[dict], cfg, times=None) -> float:
-    """Share of problems the student answers correctly with greedy decoding (SOAR's reward signal)."""
+def greedy_correct(model, tokenizer, problems: list[dict], cfg, times=None) -> list[bool]:
+    """Whether the student answers each problem correctly with greedy decoding."""
     times = {} if times is None else times
     with timed(times, "eval"):
         texts = answer(model, tokenizer, problems, cfg, n=1, temperature=0.0)
-        correct = grade(texts, problems, 1, cfg)
+        return grade(texts, problems, 1, cfg)
+
+
+def greedy_accuracy(model, tokenizer, problems: list[dict], cfg, times=None) -> float:
+    """Share of problems the student answers correctly with greedy decoding (SOAR's reward signal)."""
+    correct = greedy_correct(model, tokenizer, problems, cfg, times)
     return sum(correct) / len(correct)
 
 

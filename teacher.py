@@ -137,4 +137,5 @@ def vendi_score(questions: list[str], ns: tuple[int, ...] = (1, 2)) -> float:
     x = torch.nn.functional.normalize(x, dim=1)
     eigenvalues = torch.linalg.eigvalsh(x @ x.T / len(questions)).clamp(min=0)
     eigenvalues = eigenvalues[eigenvalues > 1e-12]
-    return math.exp(-(eigenvalues * eigenvalues.log()).sum().item())
+    # rounded: the eigensolver's last bits vary with the BLAS threads of the process
+    return round(math.exp(-(eigenvalues * eigenvalues.log()).sum().item()), 9)

@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 import json
 import math
-import random
+import os
 import statistics
 import sys
 from collections import Counter
@@ -25,18 +25,20 @@ from pathlib import Path
 
 import mpmath  # sympy's own dependency: Student's t for the paired intervals
 import torch
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from tqdm import tqdm
 
 from build_hard import hard_set_paths
 from data.benchmarks import load_problems
 from models import (ModelUnavailable, adapter_state, load_adapter_state, load_model,
                     make_optimizer, resolve_model, save_adapter, timed)
+from parallel import Processes, generators, launch, launched
 from report import write_report
 from rewards import learnability, pass_at_k
 from run_dir import (append_jsonl, atomic_save, atomic_write_text, external_logger,
                      forget_unfinished_steps, load_checkpoint, prepare_run_dir, read_jsonl,
-                     rng_state, set_rng_state, write_jsonl)
-from student import answer, correct_counts, greedy_accuracy, rloo_step, train_student
+                     write_jsonl, write_nothing)
+from student import answer, correct_counts, greedy_accuracy, greedy_correct, rloo_step, train_student
 from teacher import question_diversity, sample_pairs, teacher_update
 from tiny.model import tiny_hard_set, tiny_model_path
 from tiny.world import classify
@@ -136,8 +138,8 @@ SMOKE = dict(seeds=1, outer_steps=2, g=2, n=4, r=1, q_r=4, inner_steps=1, studen
 ALL_METHODS = ("base", "soar", "hard_only", "grounded_t", "intrinsic_t", "base_t")
 
 
-def parse_config(argv) -> tuple[Config, bool]:
-    """Flags -> Config; returns (config, resuming)."""
+def parse_config(argv) -> tuple[Config, bool, int]:
+    """Flags -> Config; returns (config, resuming, processes to start)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(Config):
@@ -146,8 +148,15 @@ def parse_config(argv) -> tuple[Config, bool]:
                             help=f"{f.metadata['help']} (default: {f.default!r}, presets may change it)")
     parser.add_argument("--smoke", action="store_true", help="toy sizes, every method, in minutes")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
+    parser.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="run on N processes of this machine (CPU cores or GPUs); the results "
+                             "are the same for any N (default: 1, or what accelerate launch / "
+                             "torchrun started)")
     args = parser.parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("smoke", "resume")}
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k not in ("smoke", "resume", "processes")}
     if args.resume:
         if given or args.smoke:
             flags = [*given, *(["smoke"] if args.smoke else [])]
@@ -155,7 +164,7 @@ def parse_config(argv) -> tuple[Config, bool]:
                          f"drop {', '.join('--' + k.replace('_', '-') for k in flags)}")
         path = Path(args.resume) / "config.json"
         try:
-            return Config(**json.loads(path.read_text())), True
+            return Config(**json.loads(path.read_text())), True, args.processes
         except (OSError, ValueError, TypeError) as e:
             parser.error(f"--resume {args.resume}: cannot read {path} ({e})")
     model = given.get("model", Config.model)
@@ -166,7 +175,7 @@ def parse_config(argv) -> tuple[Config, bool]:
     problem = config_problem(cfg)
     if problem:
         parser.error(problem)
-    return cfg, False
+    return cfg, False, args.processes
 
 
 def config_problem(cfg: Config) -> str | None:
@@ -211,60 +220,81 @@ def config_problem(cfg: Config) -> str | None:
     return None
 
 
-# ---- what every stage shares ----------------------------------------------------------------------
+# ---- what every stage shares --------------------------------------------------------------------
 
 class World:
-    """What every stage of a run shares: the model, its tokenizer, the data, the config."""
+    """What every stage of a run shares: the config, the model, its tokenizer, the data, and this
+    process's place among the run's processes."""
 
-    def __init__(self, cfg: Config, model, tokenizer, hard_train, hard_test):
+    def __init__(self, cfg: Config, model, tokenizer, hard_train, hard_test, procs: Processes):
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
         self.hard_train, self.hard_test = hard_train, hard_test
+        self.procs = procs
         self.fresh_student = adapter_state(model, "student")  # LoRA B = 0: the base model
         self.fresh_teacher = adapter_state(model, "teacher")
         self.log_external = lambda job, row: None  # set by main for --log
         # the tiny world can grade any question exactly
         self.quality = classify if cfg.model == "tiny" else None
 
+    def say(self, text: str) -> None:
+        """Print once per run, from the main process."""
+        if self.procs.main:
+            tqdm.write(text)
+
+    def bar(self, **kw):
+        return tqdm(disable=not self.procs.main, dynamic_ncols=True, **kw)
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def spread_greedy_accuracy(w: World, problems: list[dict], times: dict) -> float:
+    """Greedy accuracy with the problems split over the processes, one sampler batch a unit."""
+    correct = w.procs.map(lambda part: greedy_correct(w.model, w.tokenizer, part, w.cfg, times),
+                          chunks(problems, w.cfg.sample_batch))
+    correct = [c for part in correct for c in part]
+    return sum(correct) / len(correct)
+
 
 # ---- the outer loop: one teacher (grounded = SOAR, or intrinsic) --------------------------------
 
-def grounded_rewards(w: World, datasets, q_r, baseline, baseline_acc, steps, generator, rng, times):
+def grounded_rewards(w: World, datasets, q_r, baseline, baseline_acc, steps, unit, times):
     """R_kj = greedy accuracy on Q_R after training copy j on X_k, minus the baseline's.
 
-    Every copy starts from the baseline student and is thrown away afterwards, except the copies
-    of the best dataset so far: one of them becomes the baseline if this step promotes.
-    Returns (rewards [g][r], copies of the best dataset, how many student updates were applied,
-    had no signal (every answer scored the same) or were dropped as non-finite).
+    The g x r copies are spread over the processes; each starts from the baseline student and its
+    randomness comes from its own identity (unit + (k, j)). Returns (rewards [g][r], the copies
+    this process trained {(k, j): adapter state}, how many student updates were applied, had no
+    signal (every answer scored the same) or were dropped as non-finite).
     """
-    rewards, best_copies, updates = [], None, Counter()
-    bar = tqdm(total=len(datasets) * w.cfg.r, desc="student copies", leave=False, dynamic_ncols=True)
-    for data in datasets:
-        r_k, states = [], []
-        for _ in range(w.cfg.r):
-            load_adapter_state(w.model, "student", baseline)
-            history = train_student(w.model, w.tokenizer, data, steps, w.cfg, generator, rng, times)
-            updates.update(h["update"] for h in history)
-            r_k.append(greedy_accuracy(w.model, w.tokenizer, q_r, w.cfg, times) - baseline_acc)
-            states.append(adapter_state(w.model, "student"))
-            bar.update()
-        if not rewards or statistics.mean(r_k) > max(map(statistics.mean, rewards)):
-            best_copies = states
-        rewards.append(r_k)
-    bar.close()
+    copies = {}
+
+    def train_copy(kj):
+        load_adapter_state(w.model, "student", baseline)
+        generator, rng = generators(*unit, *kj)
+        history = train_student(w.model, w.tokenizer, datasets[kj[0]], steps, w.cfg, generator, rng,
+                                times)
+        reward = greedy_accuracy(w.model, w.tokenizer, q_r, w.cfg, times) - baseline_acc
+        copies[kj] = adapter_state(w.model, "student")
+        return reward, Counter(h["update"] for h in history)
+
+    units = [(k, j) for k in range(len(datasets)) for j in range(w.cfg.r)]
+    results = w.procs.map(train_copy, units)
     load_adapter_state(w.model, "student", baseline)
-    return rewards, best_copies, dict(updates)
+    rewards = [[results[k * w.cfg.r + j][0] for j in range(w.cfg.r)] for k in range(len(datasets))]
+    return rewards, copies, dict(sum((c for _, c in results), Counter()))
 
 
-def intrinsic_rewards(w: World, datasets, generator, times):
+def intrinsic_rewards(w: World, datasets, unit, times):
     """Intrinsic-T's "learnability": per question 1 - s if the baseline student's success rate s
     is above 0, else 0; a dataset's reward is the mean. No student is trained."""
-    rewards = []
-    for data in datasets:
+    def learnability_of(k):
         with timed(times, "eval"):
-            counts = correct_counts(w.model, w.tokenizer, data, w.cfg.intrinsic_samples, w.cfg,
-                                    generator)
-        rewards.append([statistics.mean(learnability(c / w.cfg.intrinsic_samples) for c in counts)])
-    return rewards, None, {}
+            counts = correct_counts(w.model, w.tokenizer, datasets[k], w.cfg.intrinsic_samples,
+                                    w.cfg, generators(*unit, k)[0])
+        return statistics.mean(learnability(c / w.cfg.intrinsic_samples) for c in counts)
+
+    return [[r] for r in w.procs.map(learnability_of, list(range(len(datasets))))], {}, {}
 
 
 def update_window(window: list[float], mean_reward: float, size: int, tau: float):
@@ -274,64 +304,65 @@ def update_window(window: list[float], mean_reward: float, size: int, tau: float
     return window, moving_avg, len(window) == size and moving_avg > tau
 
 
-def promote(rewards: list[list[float]], best_copies: list) -> tuple[int, dict]:
+def promote(rewards: list[list[float]]) -> tuple[int, int]:
     """The best dataset k* (first among ties) and, of its copies, the one with the median reward."""
     means = [statistics.mean(r) for r in rewards]
     best = max(range(len(means)), key=means.__getitem__)
     order = sorted(range(len(rewards[best])), key=rewards[best].__getitem__)
-    return best, best_copies[order[(len(order) - 1) // 2]]
+    return best, order[(len(order) - 1) // 2]
 
 
 def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
     """SOAR's outer loop (method "soar"), or the same loop with the intrinsic reward ("intrinsic").
 
-    Returns the final state: teacher and baseline-student adapters and the promoted questions.
+    The teacher lives on the main process (it samples, is updated, is saved); the student work of
+    each step is spread over all processes. Returns the final state: teacher and baseline-student
+    adapters and the promoted questions (the teacher's is current on the main process only).
     """
-    cfg, model, tokenizer = w.cfg, w.model, w.tokenizer
+    cfg, model, tokenizer, procs = w.cfg, w.model, w.tokenizer, w.procs
     grounded = method == "soar"
-    generator = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
     optimizer, scheduler = make_optimizer(model, "teacher", cfg.teacher_lr, cfg.outer_steps,
                                           cfg.teacher_warmup)
     state = {"step": 0, "teacher": w.fresh_teacher, "baseline": w.fresh_student, "window": [],
              "n_promotions": 0, "promoted_questions": []}
-    ckpt = load_checkpoint(job / "checkpoint.pt")
+    ckpt = procs.broadcast(load_checkpoint(job / "checkpoint.pt") if procs.main else None)
     if ckpt is not None:
         state = ckpt["state"]
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(generator, rng, ckpt["rng"])
     forget_unfinished_steps(job, state["step"])
     load_adapter_state(model, "teacher", state["teacher"])
     load_adapter_state(model, "student", state["baseline"])
 
-    bar = tqdm(range(state["step"], cfg.outer_steps), desc=f"seed {seed} {method} teacher",
-               initial=state["step"], total=cfg.outer_steps, dynamic_ncols=True)
+    bar = w.bar(iterable=range(state["step"], cfg.outer_steps), desc=f"seed {seed} {method} teacher",
+                initial=state["step"], total=cfg.outer_steps)
     for step in bar:
-        times = {}
+        times, unit = {}, (seed, method, step)
         # 1. g*n valid (question, answer) pairs from the teacher, split into g datasets.
-        pairs, drawn = sample_pairs(model, tokenizer, cfg.g * cfg.n, cfg, generator, times)
+        pairs, drawn = procs.broadcast(sample_pairs(
+            model, tokenizer, cfg.g * cfg.n, cfg, generators(*unit, "teacher")[0], times)
+            if procs.main else None)
         for rec in drawn:
             append_jsonl(job / "questions.jsonl", {"step": step, **rec})
         valid_rate = len(pairs) / len(drawn)
         if len(pairs) < cfg.g:
-            tqdm.write(f"step {step}: only {len(pairs)} valid teacher pairs; no update this step")
+            w.say(f"step {step}: only {len(pairs)} valid teacher pairs; no update this step")
             datasets = None
         else:
             size = len(pairs) // cfg.g
             datasets = [pairs[k * size:(k + 1) * size] for k in range(cfg.g)]
 
         # 2-3. the reward of each dataset
-        q_r = rng.sample(w.hard_train, min(cfg.q_r, len(w.hard_train)))
-        baseline_acc = greedy_accuracy(model, tokenizer, q_r, cfg, times)
+        q_r = generators(*unit, "q_r")[1].sample(w.hard_train, min(cfg.q_r, len(w.hard_train)))
+        baseline_acc = spread_greedy_accuracy(w, q_r, times)
         promoted, best = False, None
         if datasets is not None:
             if grounded:
                 steps = cfg.inner_steps + (cfg.promotion_extra_steps if state["n_promotions"] else 0)
                 rewards, copies, student_updates = grounded_rewards(
-                    w, datasets, q_r, state["baseline"], baseline_acc, steps, generator, rng, times)
+                    w, datasets, q_r, state["baseline"], baseline_acc, steps, unit, times)
             else:
-                rewards, copies, student_updates = intrinsic_rewards(w, datasets, generator, times)
+                rewards, copies, student_updates = intrinsic_rewards(w, datasets, unit, times)
             dataset_rewards = [statistics.mean(r) for r in rewards]
 
             # 4. promotion: when the moving average of the mean reward clears tau, the median copy
@@ -339,7 +370,9 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
             state["window"], moving_avg, due = update_window(
                 state["window"], statistics.mean(dataset_rewards), cfg.ma_window, cfg.tau)
             if grounded and due:
-                best, state["baseline"] = promote(rewards, copies)
+                best, copy = promote(rewards)
+                state["baseline"] = procs.broadcast(copies.get((best, copy)),
+                                                    src=procs.owner(best * cfg.r + copy))
                 load_adapter_state(model, "student", state["baseline"])
                 state["promoted_questions"] += [{"problem": p["problem"], "answer": p["answer"],
                                                  "step": step} for p in datasets[best]]
@@ -351,43 +384,50 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
             # 5. the teacher's RLOO update across the g datasets
             with timed(times, "train"):
                 update = teacher_update(model, tokenizer, optimizer, scheduler, datasets,
-                                        dataset_rewards, cfg)
+                                        dataset_rewards, cfg) if procs.main else {}
         else:
             dataset_rewards, moving_avg, student_updates = [], None, {}
             update = {"loss": None, "update": "no valid pairs"}
             scheduler.step()
 
-        questions = [p["problem"] for p in pairs]
-        row = {"method": method, "seed": seed, "step": step, "dataset_rewards": dataset_rewards,
-               "mean_reward": statistics.mean(dataset_rewards) if dataset_rewards else None,
-               "moving_avg": moving_avg, "promoted": promoted, "promoted_dataset": best,
-               "n_promotions": state["n_promotions"],
-               "n_promoted_questions": len(state["promoted_questions"]),
-               "baseline_acc": baseline_acc, "valid_rate": valid_rate,
-               "teacher_loss": update["loss"], "teacher_update": update["update"],
-               "student_updates": student_updates,
-               "diversity": question_diversity(questions),
-               "times": {k: round(v, 3) for k, v in times.items()}}
-        if pairs:
-            row |= {"sample_question": pairs[0]["problem"], "sample_answer": pairs[0]["answer"]}
-        if w.quality and pairs:
-            row["quality"] = question_quality(w, pairs)
         state["teacher"] = adapter_state(model, "teacher")
         state["step"] = step + 1
-        append_jsonl(job / "metrics.jsonl", row)
-        w.log_external(f"seed{seed}/{method}", row)
-        atomic_save({"state": state, "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "rng": rng_state(generator, rng)},
-                    job / "checkpoint.pt")
-        log_step(row, bar)
-        if cfg.sample_every and step % cfg.sample_every == 0 and pairs:
-            show_sample(w, pairs[0])
+        if procs.main:
+            row = teacher_row(w, method, seed, step, state, pairs, valid_rate, dataset_rewards,
+                              moving_avg, promoted, best, baseline_acc, update, student_updates, times)
+            append_jsonl(job / "metrics.jsonl", row)
+            w.log_external(f"seed{seed}/{method}", row)
+            atomic_save({"state": state, "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict()}, job / "checkpoint.pt")
+            log_step(row, bar)
+            if cfg.sample_every and step % cfg.sample_every == 0 and pairs:
+                show_sample(w, pairs[0])
 
     write_jsonl(job / "promoted_questions.jsonl", state["promoted_questions"])
-    # PEFT format, one folder per role: adapters/teacher and adapters/student (the baseline).
-    save_adapter(model, "teacher", state["teacher"], job / "adapters")
-    save_adapter(model, "student", state["baseline"], job / "adapters")
+    if procs.main:  # PEFT format, one folder per role: adapters/teacher and adapters/student (the baseline)
+        save_adapter(model, "teacher", state["teacher"], job / "adapters")
+        save_adapter(model, "student", state["baseline"], job / "adapters")
     return state
+
+
+def teacher_row(w: World, method, seed, step, state, pairs, valid_rate, dataset_rewards,
+                moving_avg, promoted, best, baseline_acc, update, student_updates, times) -> dict:
+    """One outer step as a line of metrics.jsonl."""
+    row = {"method": method, "seed": seed, "step": step, "dataset_rewards": dataset_rewards,
+           "mean_reward": statistics.mean(dataset_rewards) if dataset_rewards else None,
+           "moving_avg": moving_avg, "promoted": promoted, "promoted_dataset": best,
+           "n_promotions": state["n_promotions"],
+           "n_promoted_questions": len(state["promoted_questions"]),
+           "baseline_acc": baseline_acc, "valid_rate": valid_rate,
+           "teacher_loss": update["loss"], "teacher_update": update["update"],
+           "student_updates": student_updates,
+           "diversity": question_diversity([p["problem"] for p in pairs]),
+           "times": {k: round(v, 3) for k, v in times.items()}}
+    if pairs:
+        row |= {"sample_question": pairs[0]["problem"], "sample_answer": pairs[0]["answer"]}
+    if w.quality and pairs:
+        row["quality"] = question_quality(w, pairs)
+    return row
 
 
 def question_quality(w: World, pairs) -> dict:
@@ -423,77 +463,124 @@ def show_sample(w: World, pair: dict) -> None:
 
 # ---- students trained from scratch, for evaluation ----------------------------------------------
 
-def train_fresh_student(w: World, name: str, seed: int, phases: list[tuple[list[dict], int]],
-                        job: Path) -> dict:
+def fresh_student_steps(w: World, name: str, seed: int, phases: list[tuple[list[dict], int]],
+                        ckpt: dict | None):
     """A fresh student (the base model's LoRA) trained by RLOO on each (problems, steps) phase in
-    turn: Hard-Only is [(hard_train, fresh_steps)], SOAR-PQ is [(PQ, pq_steps), (hard_train, ...)]."""
+    turn: Hard-Only is [(hard_train, fresh_steps)], SOAR-PQ is [(PQ, pq_steps), (hard_train, ...)].
+    Yields (metrics row, checkpoint) after every step; each step draws from its own generators."""
     cfg, model, tokenizer = w.cfg, w.model, w.tokenizer
     total = sum(steps for _, steps in phases)
-    generator = torch.Generator().manual_seed(seed + 1000)
-    rng = random.Random(seed + 1000)
     optimizer, scheduler = make_optimizer(model, "student", cfg.student_lr, total)
     step, student = 0, w.fresh_student
-    ckpt = load_checkpoint(job / "checkpoint.pt")
     if ckpt is not None:
         step, student = ckpt["step"], ckpt["student"]
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(generator, rng, ckpt["rng"])
-    forget_unfinished_steps(job, step)
     load_adapter_state(model, "student", student)
     schedule = [problems for problems, steps in phases for _ in range(steps)]
-    probe = random.Random(seed).sample(w.hard_train, min(cfg.q_r, len(w.hard_train)))
-    for step in tqdm(range(step, total), desc=f"seed {seed} {name} student", initial=step,
-                     total=total, dynamic_ncols=True):
+    probe = generators(seed, "probe")[1].sample(w.hard_train, min(cfg.q_r, len(w.hard_train)))
+    for step in w.bar(iterable=range(step, total), desc=f"seed {seed} {name} student", initial=step,
+                      total=total):
         times = {}
+        generator, rng = generators(seed, name, step)
         batch = rng.sample(schedule[step], min(cfg.student_batch, len(schedule[step])))
         stats = rloo_step(model, tokenizer, optimizer, scheduler, batch, cfg, generator, times)
         row = {"method": name, "seed": seed, "step": step, "train_reward": stats["reward"],
                "update": stats["update"], "times": {k: round(v, 3) for k, v in times.items()}}
         if (step + 1) % cfg.probe_every == 0 or step + 1 == total:
             row["hard_train_acc"] = greedy_accuracy(model, tokenizer, probe, cfg, row["times"])
-        append_jsonl(job / "metrics.jsonl", row)
-        w.log_external(f"seed{seed}/{name}", row)
-        atomic_save({"step": step + 1, "student": adapter_state(model, "student"),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": rng_state(generator, rng)}, job / "checkpoint.pt")
-    return adapter_state(model, "student")
+        yield row, {"step": step + 1, "student": adapter_state(model, "student"),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
 
 
-def sample_teacher_questions(w: World, teacher: dict, seed: int, job: Path) -> list[dict]:
-    """`sampled_questions` valid questions from a teacher (Grounded-T, Intrinsic-T, Base-T), saved
-    for reuse."""
+def train_fresh_students(w: World, seed: int, jobs: dict[str, list], seed_dir: Path) -> dict:
+    """Train and evaluate the fresh students of `jobs` ({method: phases}); returns {method: result}.
+
+    Each process takes one student at a time, and the processes step together so that the main
+    process can write every student's log and checkpoint as it goes (and a killed run resumes
+    from them, whatever its number of processes)."""
+    procs, names, results = w.procs, list(jobs), {}
+    for start in range(0, len(names), procs.count):
+        batch = names[start:start + procs.count]
+        saved = procs.broadcast([(load_checkpoint(seed_dir / n / "checkpoint.pt"),
+                                  read_result(seed_dir / n / "result.json")) for n in batch]
+                                if procs.main else None)
+        for name, (ckpt, _) in zip(batch, saved):
+            forget_unfinished_steps(seed_dir / name, ckpt["step"] if ckpt else 0)
+        mine = batch[procs.rank] if procs.rank < len(batch) else None
+        ckpt, result = saved[procs.rank] if mine else (None, None)
+        steps = fresh_student_steps(w, mine, seed, jobs[mine], ckpt) if mine and not result else iter(())
+        while True:  # one step of every process's student, then the main process writes them
+            done = procs.gather([(mine, *item) for item in [next(steps, None)] if item])
+            if not done:
+                break
+            for name, row, checkpoint in done:
+                append_jsonl(seed_dir / name / "metrics.jsonl", row)
+                atomic_save(checkpoint, seed_dir / name / "checkpoint.pt")
+                w.log_external(f"seed{seed}/{name}", row)
+        if mine and not result:
+            result = pass_at_k_result(w, mine, seed, adapter_state(w.model, "student"), spread=False)
+        for name, res in procs.gather([(mine, result)] if mine else []):
+            atomic_write_text(seed_dir / name / "result.json", json.dumps(res, indent=1))
+            results[name] = res
+    return results
+
+
+def sample_teacher_questions(w: World, teacher: dict, seed: int, name: str, job: Path) -> list[dict]:
+    """`sampled_questions` valid questions from a teacher (Grounded-T, Intrinsic-T, Base-T),
+    written by the main process and saved for reuse."""
     path = job / "sampled_questions.jsonl"
+    if not w.procs.main:
+        return w.procs.broadcast(None)
     if path.exists():
-        return read_jsonl(path)
+        return w.procs.broadcast(read_jsonl(path))
     load_adapter_state(w.model, "teacher", teacher)
     pairs, _ = sample_pairs(w.model, w.tokenizer, w.cfg.sampled_questions, w.cfg,
-                            torch.Generator().manual_seed(seed + 2000), {})
+                            generators(seed, name, "questions")[0], {})
     questions = [{"problem": p["problem"], "answer": p["answer"]} for p in pairs]
     write_jsonl(path, questions)
-    return questions
+    return w.procs.broadcast(questions)
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
 
-def evaluate(w: World, student: dict | None, name: str, seed: int, job: Path) -> dict:
-    """pass@k on the hard test set from eval_samples answers per problem (None = base model)."""
-    result_path = job / "result.json"
-    if result_path.exists():
-        try:
-            return json.loads(result_path.read_text())
-        except ValueError:
-            pass  # torn by a kill while being written: evaluate again
+def read_result(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or torn by a kill while being written: evaluate again
+        return None
+
+
+def pass_at_k_result(w: World, name: str, seed: int, student: dict | None, spread: bool) -> dict:
+    """pass@k on the hard test set from eval_samples answers per problem (None = base model).
+    The problems go in units of one sampler batch, each with its own generator; `spread` splits
+    the units over the processes (else this process does them all)."""
+    cfg = w.cfg
     load_adapter_state(w.model, "student", student if student is not None else w.fresh_student)
-    counts = correct_counts(w.model, w.tokenizer, w.hard_test, w.cfg.eval_samples, w.cfg,
-                            torch.Generator().manual_seed(seed + 3000),
-                            progress=f"seed {seed} eval {name}")
-    ks = [int(k) for k in w.cfg.ks.split(",")]
-    result = {"method": name, "seed": seed, "correct_counts": counts,
-              "pass_at_k": {str(k): statistics.mean(pass_at_k(w.cfg.eval_samples, c, k)
-                                                     for c in counts) for k in ks}}
-    job.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(result_path, json.dumps(result, indent=1))
+    parts = chunks(w.hard_test, max(1, cfg.sample_batch // cfg.eval_samples))
+    bar = w.bar(total=len(parts), desc=f"seed {seed} eval {name}", leave=False)
+
+    def count(i):
+        counts = correct_counts(w.model, w.tokenizer, parts[i], cfg.eval_samples, cfg,
+                                generators(seed, name, "eval", i)[0])
+        bar.update(w.procs.count if spread else 1)
+        return counts
+
+    units = list(range(len(parts)))
+    counts = [c for part in (w.procs.map(count, units) if spread else map(count, units)) for c in part]
+    bar.close()
+    ks = [int(k) for k in cfg.ks.split(",")]
+    return {"method": name, "seed": seed, "correct_counts": counts,
+            "pass_at_k": {str(k): statistics.mean(pass_at_k(cfg.eval_samples, c, k) for c in counts)
+                          for k in ks}}
+
+
+def evaluate(w: World, student: dict | None, name: str, seed: int, job: Path) -> dict:
+    """pass@k of one student, spread over the processes; saved, and read back on resume."""
+    result = w.procs.broadcast(read_result(job / "result.json") if w.procs.main else None)
+    if result is None:
+        result = pass_at_k_result(w, name, seed, student, spread=True)
+        atomic_write_text(job / "result.json", json.dumps(result, indent=1))
     return result
 
 
@@ -503,12 +590,11 @@ def run_seed(w: World, seed: int, run_dir: Path) -> dict:
     methods = cfg.methods.split(",")
     seed_dir = run_dir / f"seed{seed}"
 
-    def sd(name: str) -> Path:  # each stage's folder, made when the stage runs
-        (seed_dir / name).mkdir(parents=True, exist_ok=True)
+    def sd(name: str) -> Path:  # each stage's folder (made when the stage first writes to it)
         return seed_dir / name
 
     hard = [(w.hard_train, cfg.fresh_steps)]
-    results = {}
+    results, jobs = {}, {}
     if "base" in methods:
         results["base"] = evaluate(w, None, "base", seed, sd("base"))
     if "soar" in methods or "grounded_t" in methods:
@@ -516,26 +602,21 @@ def run_seed(w: World, seed: int, run_dir: Path) -> dict:
     if "soar" in methods:
         results["soar_ps"] = evaluate(w, soar["baseline"], "soar_ps", seed, sd("soar_ps"))
         pq = soar["promoted_questions"]
-        phases = ([(pq, cfg.pq_steps)] if pq else []) + hard
-        student = train_fresh_student(w, "soar_pq", seed, phases, sd("soar_pq"))
-        results["soar_pq"] = evaluate(w, student, "soar_pq", seed, sd("soar_pq"))
+        jobs["soar_pq"] = ([(pq, cfg.pq_steps)] if pq else []) + hard
     if "hard_only" in methods:
-        student = train_fresh_student(w, "hard_only", seed, hard, sd("hard_only"))
-        results["hard_only"] = evaluate(w, student, "hard_only", seed, sd("hard_only"))
+        jobs["hard_only"] = hard
     # Students of questions sampled from a teacher: the trained SOAR teacher (Grounded-T), the
     # intrinsic-reward teacher (Intrinsic-T) and the untrained model (Base-T).
     teachers = {"grounded_t": lambda: soar["teacher"],
                 "intrinsic_t": lambda: run_teacher(w, "intrinsic", seed, sd("intrinsic"))["teacher"],
                 "base_t": lambda: w.fresh_teacher}
     for name in [m for m in teachers if m in methods]:
-        questions = sample_teacher_questions(w, teachers[name](), seed, sd(name))
+        questions = sample_teacher_questions(w, teachers[name](), seed, name, sd(name))
         if not questions:
-            tqdm.write(f"seed {seed} {name}: the teacher wrote no valid question; "
-                       "its student trains on the hard set alone")
-        phases = ([(questions, cfg.pq_steps)] if questions else []) + hard
-        student = train_fresh_student(w, name, seed, phases, sd(name))
-        results[name] = evaluate(w, student, name, seed, sd(name))
-    return results
+            w.say(f"seed {seed} {name}: the teacher wrote no valid question; "
+                  "its student trains on the hard set alone")
+        jobs[name] = ([(questions, cfg.pq_steps)] if questions else []) + hard
+    return results | train_fresh_students(w, seed, jobs, seed_dir)
 
 
 # ---- summary: the pass@k table over seeds, and what the teachers wrote --------------------------
@@ -621,13 +702,12 @@ def print_paired(paired: dict) -> None:
     if not paired:
         return
     ks = list(next(iter(paired.values())).keys())
-    print("\npaired differences of pass@k (points), mean [95% t interval] over seeds; wins: seeds a > b")
-    print(f"{'a - b':<26}" + "".join(f"{'@' + k:>22}" for k in ks) + "   wins")
+    print("\npaired differences of pass@k (points) over seeds: mean [95% t interval] (seeds a > b)")
+    print(f"{'a - b':<26}" + "".join(f"{'@' + k:>27}" for k in ks))
     for pair, row in paired.items():
-        cells = "".join(f"{100 * c['mean']:>+7.1f} [{100 * c['ci95'][0]:+6.1f},{100 * c['ci95'][1]:+6.1f}]"
-                        for c in row.values())
-        wins = "/".join(f"{c['wins']}" for c in row.values())
-        print(f"{pair:<26}{cells}   {wins} of {row[ks[0]]['n_seeds']}")
+        print(f"{pair:<26}" + "".join(
+            f"{100 * c['mean']:>+7.1f} [{100 * c['ci95'][0]:+6.1f},{100 * c['ci95'][1]:+6.1f}] "
+            f"({c['wins']}/{c['n_seeds']})" for c in row.values()))
 
 
 # ---- main ---------------------------------------------------------------------------------------
@@ -656,17 +736,26 @@ def main(argv: list[str]) -> None:
         for path in write_report(Path(argv[1])):
             print(path)
         return
-    cfg, resuming = parse_config(argv)
+    cfg, resuming, processes = parse_config(argv)
     run_dir = Path(cfg.out)
-    if not resuming:
+    if processes > 1 and not launched():
+        if not resuming:
+            prepare_run_dir(run_dir)  # fail here, before any process starts
+        start_processes(processes, argv, run_dir)
+        return
+    procs = Processes()
+    if not procs.main:
+        write_nothing()  # one process writes the run directory
+    elif not resuming:
         prepare_run_dir(run_dir)
     try:
-        hard_train, hard_test = load_hard_sets(cfg)  # for tiny: builds the model and its hard set
-        # fails at once when the model cannot be had
-        path = str(tiny_model_path()) if cfg.model == "tiny" else resolve_model(cfg.model)
+        with procs.main_first():  # for tiny: the main process builds the model and its hard set
+            hard_train, hard_test = load_hard_sets(cfg)
+            # fails at once when the model cannot be had
+            path = str(tiny_model_path()) if cfg.model == "tiny" else resolve_model(cfg.model)
     except (ModelUnavailable, OSError, ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
-    if cfg.q_r > len(hard_train):
+    if cfg.q_r > len(hard_train) and procs.main:
         tqdm.write(f"warning: --q-r {cfg.q_r} is more than the {len(hard_train)} hard train "
                    "problems; Q_R will be the whole hard train set")
     if cfg.quant == "auto":
@@ -675,31 +764,49 @@ def main(argv: list[str]) -> None:
         # A tiny model's matmuls are too small to split across cores: one thread is faster, and
         # far faster when other processes (the answer checkers) want the other core.
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model(path, cfg.quant, cfg.lora_rank, cfg.lora_alpha)
+    elif procs.count > 1 and procs.device.type == "cpu":  # the cores are shared by the processes
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // procs.count))
+    model, tokenizer = load_model(path, cfg.quant, cfg.lora_rank, cfg.lora_alpha,
+                                  device=str(procs.device))
     if cfg.chat_template == "auto":
         cfg.chat_template = "on" if tokenizer.chat_template else "off"
     if not resuming:
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-    w = World(cfg, model, tokenizer, hard_train, hard_test)
-    w.log_external = external_logger(cfg.log, run_dir, dataclasses.asdict(cfg))
-    print(f"model {cfg.model}: hard train {len(hard_train)}, hard test {len(hard_test)} problems; "
-          f"run directory {run_dir}")
+        atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
+    w = World(cfg, model, tokenizer, hard_train, hard_test, procs)
+    if procs.main:
+        w.log_external = external_logger(cfg.log, run_dir, dataclasses.asdict(cfg))
+    w.say(f"model {cfg.model} ({path}): hard train {len(hard_train)}, hard test {len(hard_test)} problems; "
+          f"run directory {run_dir}; {procs.count} process{'es' if procs.count > 1 else ''}")
     seeds = range(cfg.seed, cfg.seed + cfg.seeds)
     try:
         per_seed = {seed: run_seed(w, seed, run_dir) for seed in seeds}
     except KeyboardInterrupt:
         raise SystemExit(f"\ninterrupted: every completed step is saved; continue with "
                          f"`python train.py --resume {run_dir}`") from None
+    procs.close()
+    if not procs.main:
+        return
     table = pass_at_k_table(per_seed)
     summary = {"pass_at_k": table, "paired_differences": paired_differences(per_seed),
                "question_analysis": question_analysis(w, run_dir, seeds),
                "config": dataclasses.asdict(cfg)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     print_table(table)
     print_paired(summary["paired_differences"])
     write_report(run_dir)
     print(f"\nsummary: {run_dir / 'summary.json'}   report: {run_dir / 'report.md'}")
+
+
+def start_processes(processes: int, argv: list[str], run_dir: Path) -> None:
+    """This run on `processes` processes; a process that fails ends the run, and says so."""
+    try:
+        launch(processes, argv)
+    except ChildFailedError as e:
+        rank, failure = next(iter(e.failures.items()))
+        raise SystemExit(f"error: process {rank} of {processes} failed (exit code "
+                         f"{failure.exitcode}; its error is printed above) and the run stopped. "
+                         f"Every completed step is saved: continue with "
+                         f"`python train.py --resume {run_dir}`") from None
 
 
 if __name__ == "__main__":

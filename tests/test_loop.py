@@ -88,8 +88,8 @@ def test_paired_differences_pair_seeds_and_count_wins():
 
 def test_promote_takes_best_dataset_and_its_median_copy():
     rewards = [[0.0, 0.1, 0.2], [0.3, -0.1, 0.6], [0.1, 0.1, 0.1]]
-    best, state = train.promote(rewards, ["b0", "b1", "b2"])
-    assert best == 1 and state == "b0"  # dataset 1 has the best mean; its median reward is 0.3
+    best, copy = train.promote(rewards)
+    assert best == 1 and copy == 0  # dataset 1 has the best mean; its median reward is 0.3 (copy 0)
 
 
 def test_moving_average_promotes_only_with_a_full_window_above_tau():
@@ -278,6 +278,47 @@ def test_every_method_runs_and_lands_in_the_table_and_the_paired_comparisons(lm_
     for seed in (0, 1):  # Grounded-T's questions come from SOAR's final teacher
         assert (out / f"seed{seed}" / "grounded_t" / "sampled_questions.jsonl").exists()
     assert "Grounded-T" in (out / "report.md").read_text()
+
+
+def comparable_run(out) -> dict:
+    """Everything a run wrote that does not measure time: every log line, result and summary."""
+    def strip(row):
+        return {k: v for k, v in row.items() if k != "times"}
+    logs = {str(p.relative_to(out)): [strip(r) for r in read_jsonl(p)]
+            for p in sorted(out.glob("seed*/*/*.jsonl"))}
+    results = {str(p.relative_to(out)): json.loads(p.read_text()) for p in out.glob("seed*/*/result.json")}
+    return {"logs": logs, "results": results,
+            "summary": json.loads((out / "summary.json").read_text())["pass_at_k"]}
+
+
+def test_two_processes_give_exactly_the_results_of_one(lm_dir, problem_files, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--methods", "base,soar,hard_only,grounded_t", "--outer-steps", "2", "--ma-window", "1",
+            "--tau", "-1", "--g", "3"]  # g=3 copies on 2 processes; a promotion at every step
+    train.main(_smoke_args(lm_dir, problem_files, one, *args))
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--processes", "2",
+                           *_smoke_args(lm_dir, problem_files, two, *args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert comparable_run(two) == comparable_run(one)
+    assert done.stdout.count("pass@k (%) on the hard test set") == 1  # printed by one process
+    assert "2 processes" in done.stdout
+
+
+def test_a_failing_process_ends_the_run_with_a_message(lm_dir, problem_files, tmp_path):
+    # process 1 fails at its first stage; process 0 would wait for it at the next collective
+    script = tmp_path / "failing_train.py"
+    script.write_text(f"import os, sys; sys.path.insert(0, {str(ROOT)!r}); import train\n"
+                      "if os.environ.get('RANK') == '1':\n"
+                      "    train.run_seed = lambda *args: 1 / 0\n"
+                      "train.main(sys.argv[1:])\n")
+    start = time.time()
+    done = subprocess.run([sys.executable, str(script), "--processes", "2",
+                           *_smoke_args(lm_dir, problem_files, tmp_path / "run")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and time.time() - start < 120
+    assert "ZeroDivisionError" in done.stderr
+    assert "error: process 1 of 2 failed" in done.stderr and "--resume" in done.stderr
 
 
 def test_an_existing_run_is_never_overwritten(lm_dir, problem_files, tmp_path):

@@ -19,7 +19,6 @@ world offers SOAR.
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 import tempfile
@@ -36,7 +35,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llam
 import student
 import teacher
 from build_hard import build_hard
-from models import encode_prompt, plain_frame
+from models import cache_root, encode_prompt, plain_frame
 from run_dir import read_jsonl
 from tiny import world
 
@@ -70,10 +69,6 @@ HARD = {"digits": [5], "candidates_per_digit": 256, "k": 128, "max_new_tokens": 
         "batch_size": 512}
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SOAR_CACHE") or Path.home() / ".cache" / "soar")
 
 
 def build_key(seed: int, build: dict) -> str:

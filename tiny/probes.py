@@ -130,7 +130,7 @@ def inner_loop_check(seed: int = 0, copies: int = 2) -> None:
     from the base model, then its greedy accuracy on the hard train set (the reward's measure)
     and its sampled accuracy there. Three datasets: stepping stones ("quickly" sums of 2-4
     digits), plain sums, and the base teacher's own questions (what SOAR's first step trains on)."""
-    cfg, _ = train.parse_config([])
+    cfg, _, _ = train.parse_config([])
     torch.set_num_threads(cfg.threads)  # as train.py runs the preset (and the same each time)
     hard_train, _ = tiny_hard_set(seed)
     model, tokenizer = load_model(str(tiny_model_path(seed)), "none", cfg.lora_rank, cfg.lora_alpha)
