@@ -211,6 +211,18 @@ def test_a_student_step_without_signal_is_reported_as_such_and_changes_nothing(s
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_4bit_lora_gets_gradients_in_every_layer_after_a_pass_without_grad(lm_dir):
+    model, tokenizer = load_model(str(lm_dir), "4bit", lora_rank=4, lora_alpha=8)
+    model.eval()
+    prompt = torch.tensor([tokenizer("User: hi\nAssistant:")["input_ids"]])
+    with torch.no_grad():  # as sampling and the KL reference run
+        model(input_ids=prompt)
+    model.set_adapter("student")
+    model(input_ids=prompt).logits.float().pow(2).mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if "lora_B" in n and ".student." in n}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+
+
 # ---- the command line ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, message", [
@@ -303,6 +315,26 @@ def test_two_processes_give_exactly_the_results_of_one(lm_dir, problem_files, tm
     assert comparable_run(two) == comparable_run(one)
     assert done.stdout.count("pass@k (%) on the hard test set") == 1  # printed by one process
     assert "2 processes" in done.stdout
+
+
+def test_a_run_killed_on_two_processes_resumes_on_one_to_the_same_results(lm_dir, problem_files,
+                                                                          tmp_path):
+    args = ["--methods", "soar,hard_only", "--outer-steps", "3", "--g", "3"]
+    train.main(_smoke_args(lm_dir, problem_files, tmp_path / "full", *args))
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--processes", "2",
+                             *_smoke_args(lm_dir, problem_files, out, *args)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    metrics = out / "seed0" / "soar" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both processes
+    proc.wait()
+    assert metrics.read_text().count("\n") < 3, "the run finished before it could be killed"
+    train.main(["--resume", str(out)])
+    assert comparable_run(out) == comparable_run(tmp_path / "full")
 
 
 def test_a_failing_process_ends_the_run_with_a_message(lm_dir, problem_files, tmp_path):
