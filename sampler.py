@@ -183,10 +183,38 @@ def completion_logprobs(model, prompt_ids: list[list[int]], completion_ids: list
     return logp, mask[:, prompt_width:].bool()
 
 
+class SelectedLogSoftmax(torch.autograd.Function):
+    """log_softmax(logits)[targets] in float32, at the memory cost of one float32 [T, V] row.
+
+    Autograd's own log_softmax keeps its float32 [T, V] output for backward, one per row: with a
+    150k-token vocabulary that is gigabytes per micro-batch. Here only what the caller already
+    holds (the logits, in their own dtype) and one logsumexp per token are kept; backward
+    recomputes softmax one row at a time: d logp / d logits = onehot(target) - softmax(logits).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        lse = torch.stack([row.float().logsumexp(-1) for row in logits])  # [B, T]
+        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
+        ctx.save_for_backward(logits, targets, lse)
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, targets, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for b in range(logits.shape[0]):
+            g = grad_out[b].unsqueeze(-1)  # [T, 1] float32
+            row = (logits[b].float() - lse[b].unsqueeze(-1)).exp_().mul_(-g)
+            row.scatter_add_(-1, targets[b].unsqueeze(-1), g)
+            grad[b] = row
+        return grad, None
+
+
 def selective_log_softmax(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log_softmax(logits)[targets] in float32, one row at a time so a [B, T, V] float32 copy never exists."""
-    return torch.stack([row.float().log_softmax(-1).gather(-1, t[:, None]).squeeze(-1)
-                        for row, t in zip(logits, targets)])
+    """log_softmax(logits)[targets] in float32, one row at a time so a [B, T, V] float32 copy never
+    exists, in the forward or for backward."""
+    return SelectedLogSoftmax.apply(logits, targets)
 
 
 def decode(tokenizer, completion_ids) -> list[str]:
