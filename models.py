@@ -58,11 +58,12 @@ def resolve_model(name: str) -> str:
 
 
 def load_model(name: str, quant: str = "none", lora_rank: int = 16, lora_alpha: int = 32,
-               device: str | None = None, checkpointing: bool = False):
+               device: str | None = None, checkpointing: bool = False, adapters: bool = True):
     """Load the base once, add the teacher and student LoRA adapters; returns (model, tokenizer).
 
     With `checkpointing` the training forward keeps only each layer's input and recomputes the
-    layer in backward (one more forward, a fraction of the activation memory).
+    layer in backward (one more forward, a fraction of the activation memory). Without
+    `adapters` the plain base comes back (the hard-set builder: no LoRA kernels on every token).
     """
     path = resolve_model(name)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -82,6 +83,8 @@ def load_model(name: str, quant: str = "none", lora_rank: int = 16, lora_alpha: 
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if not adapters:
+        return base.eval(), tokenizer
     lora = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
                       target_modules="all-linear", task_type="CAUSAL_LM")
     model = get_peft_model(base, lora, adapter_name="student")
@@ -100,6 +103,12 @@ def plain_frame(user_text: str) -> str:
     return f"User: {user_text}\nAssistant:"
 
 
+# Llama 3.x chat templates write "Today Date: <date_string>" into every prompt, today's date
+# unless one is given: a fixed one (the templates' own fallback) keeps a hard set built one day
+# and a run on another on the same prompts. Templates that do not use it ignore it.
+CHAT_DATE = "26 Jul 2024"
+
+
 def encode_prompt(tokenizer, user_text: str, chat_template: bool) -> list[int]:
     """Token ids of one prompt, special tokens included exactly once.
 
@@ -109,7 +118,7 @@ def encode_prompt(tokenizer, user_text: str, chat_template: bool) -> list[int]:
     if chat_template:
         return list(tokenizer.apply_chat_template(
             [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=True,
-            return_dict=False))
+            return_dict=False, date_string=CHAT_DATE))
     return tokenizer(plain_frame(user_text), add_special_tokens=True)["input_ids"]
 
 
