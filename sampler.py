@@ -11,8 +11,9 @@ Where the speed comes from, against `model.generate` (see bench.py for the measu
 A KV cache preallocated for the whole rollout was measured and dropped: with row dropping, its
 full-capacity copies cost more than DynamicCache's appends (measured with bench.py).
 Prompts are left padded and every forward gets explicit position ids, so a row's tokens see the
-same positions as they would alone.
+same positions as they would alone. A batch that runs out of GPU memory is retried in halves.
 """
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -88,11 +89,23 @@ def sample(model, prompt_ids: list[list[int]], *, n: int = 1, max_new_tokens: in
     if was_training:  # sampling under (LoRA) dropout is never what a caller means
         model.eval()  # (walks every module: skipped when there is nothing to switch)
     bar = tqdm(total=len(prompt_of_row), desc=progress, disable=progress is None)
+    start = 0
     try:
-        for start in range(0, len(prompt_of_row), batch_size):
+        while start < len(prompt_of_row):
             chunk = prompt_of_row[start:start + batch_size]
-            c, lp, f = sample_chunk(model, prompt_ids, chunk, max_new_tokens, temperature,
-                                    eos_token_ids, pad_token_id, generator)
+            # An out-of-memory chunk is retried in halves from the same generator state: no row is lost.
+            state = generator.get_state() if generator is not None else None
+            try:
+                c, lp, f = sample_chunk(model, prompt_ids, chunk, max_new_tokens, temperature,
+                                        eos_token_ids, pad_token_id, generator)
+            except torch.OutOfMemoryError:
+                c = OOM  # halved outside the handler, once its traceback's tensors are freed
+            if c is OOM:
+                batch_size = halve_after_oom(min(batch_size, len(chunk)), "sampling", "--sample-batch")
+                if state is not None:
+                    generator.set_state(state)
+                continue
+            start += len(chunk)
             completions += c
             logprobs += lp
             finished += f
@@ -102,6 +115,21 @@ def sample(model, prompt_ids: list[list[int]], *, n: int = 1, max_new_tokens: in
         if was_training:
             model.train()
     return Rollouts([list(prompt_ids[i]) for i in prompt_of_row], completions, logprobs, finished)
+
+
+OOM = object()  # marks a batch that ran out of memory
+
+
+def halve_after_oom(batch: int, what: str, flag: str) -> int:
+    """The batch to retry with after an out-of-memory error, or a clear error at batch 1."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if batch == 1:
+        raise torch.OutOfMemoryError(f"out of memory {what} a single row; lower the token caps, "
+                                     "use --quant 4bit or a smaller model")
+    warnings.warn(f"out of memory {what} {batch} rows at once; retrying with {batch // 2} "
+                  f"(set {flag} to {batch // 2} or less to avoid the retries)")
+    return batch // 2
 
 
 def sample_chunk(model, prompt_ids, prompt_of_row, max_new_tokens, temperature, eos_token_ids,
@@ -183,10 +211,38 @@ def completion_logprobs(model, prompt_ids: list[list[int]], completion_ids: list
     return logp, mask[:, prompt_width:].bool()
 
 
+class SelectedLogSoftmax(torch.autograd.Function):
+    """log_softmax(logits)[targets] in float32, at the memory cost of one float32 [T, V] row.
+
+    Autograd's own log_softmax keeps its float32 [T, V] output for backward, one per row: with a
+    150k-token vocabulary that is gigabytes per micro-batch. Here only what the caller already
+    holds (the logits, in their own dtype) and one logsumexp per token are kept; backward
+    recomputes softmax one row at a time: d logp / d logits = onehot(target) - softmax(logits).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        lse = torch.stack([row.float().logsumexp(-1) for row in logits])  # [B, T]
+        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
+        ctx.save_for_backward(logits, targets, lse)
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, targets, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for b in range(logits.shape[0]):
+            g = grad_out[b].unsqueeze(-1)  # [T, 1] float32
+            row = (logits[b].float() - lse[b].unsqueeze(-1)).exp_().mul_(-g)
+            row.scatter_add_(-1, targets[b].unsqueeze(-1), g)
+            grad[b] = row
+        return grad, None
+
+
 def selective_log_softmax(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log_softmax(logits)[targets] in float32, one row at a time so a [B, T, V] float32 copy never exists."""
-    return torch.stack([row.float().log_softmax(-1).gather(-1, t[:, None]).squeeze(-1)
-                        for row, t in zip(logits, targets)])
+    """log_softmax(logits)[targets] in float32, one row at a time so a [B, T, V] float32 copy never
+    exists, in the forward or for backward."""
+    return SelectedLogSoftmax.apply(logits, targets)
 
 
 def decode(tokenizer, completion_ids) -> list[str]:

@@ -104,6 +104,8 @@ class Config:
     # engineering
     micro_batch: int = setting(16, "rows per forward/backward in training (memory bound)")
     sample_batch: int = setting(128, "rows decoded at once by the sampler (memory bound)")
+    checkpointing: str = setting("auto", "recompute each layer in backward instead of keeping its "
+                                 "activations: on, off, or auto (on on a GPU)")
     check_timeout: float = setting(5.0, "seconds an answer check may take (then: wrong)")
     sample_every: int = setting(5, "print a teacher question and student answer every N steps")
     log: str = setting("none", "also send metrics to tensorboard or wandb (package must be installed)")
@@ -194,6 +196,8 @@ def config_problem(cfg: Config) -> str | None:
         return f"--quant: {cfg.quant!r} is not one of auto, 4bit, 8bit, none"
     if cfg.chat_template not in ("auto", "on", "off"):
         return f"--chat-template: {cfg.chat_template!r} is not one of auto, on, off"
+    if cfg.checkpointing not in ("auto", "on", "off"):
+        return f"--checkpointing: {cfg.checkpointing!r} is not one of auto, on, off"
     if cfg.log not in ("none", "tensorboard", "wandb"):
         return f"--log: {cfg.log!r} is not one of none, tensorboard, wandb"
     if cfg.reward not in ("binary", "shaped"):
@@ -766,8 +770,10 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(cfg.threads)
     elif procs.count > 1 and procs.device.type == "cpu":  # the cores are shared by the processes
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // procs.count))
+    if cfg.checkpointing == "auto":
+        cfg.checkpointing = "on" if torch.cuda.is_available() else "off"
     model, tokenizer = load_model(path, cfg.quant, cfg.lora_rank, cfg.lora_alpha,
-                                  device=str(procs.device))
+                                  device=str(procs.device), checkpointing=cfg.checkpointing == "on")
     if cfg.chat_template == "auto":
         cfg.chat_template = "on" if tokenizer.chat_template else "off"
     if not resuming:

@@ -174,7 +174,8 @@ def test_build_hard_resumes_without_recomputing_and_matches_a_full_run(tiny_llam
     monkeypatch.setattr(sampler, "sample", lambda model, prompt_ids, **kw: (
         sampled.append(len(prompt_ids)), real_sample(model, prompt_ids, **kw))[1])
     resumed = run_build(model, tokenizer, tmp_path / "resumed")
-    assert sampled == [2, 1]  # only the chunks not done before: problems 4-5 and 6
+    # only the chunks not done before: problems 4-5, and 6, whose broken gold leaves nothing to sample
+    assert sampled == [2]
     assert resumed == full
     for name in ("results.jsonl", "hard_train.jsonl", "hard_test.jsonl", "stats.json"):
         assert (tmp_path / "resumed" / name).read_text() == (tmp_path / "full" / name).read_text()
@@ -201,3 +202,62 @@ def test_build_hard_command_line_writes_the_hard_set_where_train_looks(tiny_llam
     assert stats["pool_size"] == 2 and stats["settings"]["k"] == 2
     n_written = len(train_path.read_text().splitlines()) + len(test_path.read_text().splitlines())
     assert n_written == stats["n_hard"]
+
+
+def test_rounds_add_up_to_k_and_double_what_was_drawn():
+    assert build_hard.round_sizes(128, 8) == [8, 8, 16, 32, 64]
+    assert build_hard.round_sizes(3, 8) == [3]
+    assert build_hard.round_sizes(10, 4) == [4, 4, 2]
+    assert all(sum(build_hard.round_sizes(k, f)) == k for k in range(1, 40) for f in (1, 3, 8))
+
+
+def test_rounds_stop_a_problem_at_its_first_success_and_give_the_unsolved_all_k(tiny_llama, tmp_path,
+                                                                                monkeypatch):
+    """Gold 3 is solved by every sample, gold 7 by its 3rd sample only, the rest never: with rounds
+    of 1, 1, 2, 1 samples gold 3 takes 1 sample, gold 7 takes 4, the others all 5, and the hard
+    set is the one all k samples give."""
+    model, tokenizer, _ = tiny_llama
+    real_check_many = build_hard.check_many
+
+    def grade_by_rule(texts, golds, timeout):
+        if all(t.startswith("\\boxed{") for t in texts):
+            return real_check_many(texts, golds, timeout)
+        out = []
+        for g in golds:
+            seen[g] = seen.get(g, 0) + 1
+            out.append(g == "3" or (g == "7" and seen[g] == 3))
+        return out
+    monkeypatch.setattr(build_hard, "check_many", grade_by_rule)
+    builds = {}
+    for all_k in (False, True):
+        seen = {}
+        builds[all_k] = build_hard.build_hard(model, tokenizer, PROBLEMS, 5, out_dir=tmp_path / str(all_k),
+                                              chat_template=False, max_new_tokens=4, chunk_problems=7,
+                                              first_round=1, all_k=all_k, seed=1, progress=False)
+    train, test, stats = builds[False]
+    rows = {r["answer"]: r for r in build_hard.read_jsonl(tmp_path / "False" / "results.jsonl")}
+    assert stats["settings"]["rounds"] == [1, 1, 2, 1]
+    assert (rows["3"]["samples"], rows["3"]["n_correct"]) == (1, 1)
+    assert (rows["7"]["samples"], rows["7"]["n_correct"]) == (4, 1)
+    assert all(rows[a]["samples"] == 5 and rows[a]["n_correct"] == 0 for a in ("11", "15", "4", "10"))
+    assert rows["}{"]["samples"] == 0 and rows["}{"]["n_correct"] is None
+    assert (train, test) == builds[True][:2]
+    assert stats["samples"] == 1 + 4 + 4 * 5 and builds[True][2]["samples"] == 6 * 5
+    assert builds[True][2]["solve_count_histogram"] == {"0": 4, "1": 1, "5": 1}
+
+
+def test_chat_prompts_carry_a_fixed_date(tiny_llama):
+    import models as project_models
+    _, tokenizer, _ = tiny_llama
+    tokenizer = tokenizer.__class__.from_pretrained(tiny_llama[2])
+    tokenizer.chat_template = ("{{ 'Today Date: ' + (date_string if date_string is defined else "
+                               "'a date that changes') + '\\n' }}{% for m in messages %}{{ m['content'] }}"
+                               "{% endfor %}")
+    ids = project_models.encode_prompt(tokenizer, "hi", chat_template=True)
+    assert tokenizer.decode(ids).startswith("Today Date: " + project_models.CHAT_DATE)
+
+
+def test_the_builder_loads_the_base_without_adapters(tiny_llama):
+    import models as project_models
+    model, _ = project_models.load_model(str(tiny_llama[2]), "none", adapters=False)
+    assert not any("lora_" in n for n, _ in model.named_parameters()) and not model.training

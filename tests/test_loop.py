@@ -223,6 +223,89 @@ def test_4bit_lora_gets_gradients_in_every_layer_after_a_pass_without_grad(lm_di
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
 
 
+def _rows(tokenizer):
+    prompt = tokenizer("User: hi\nAssistant:")["input_ids"]
+    other = tokenizer("User: what is 2 + 2?\nAssistant:")["input_ids"]
+    prompts = [prompt, other, prompt, other, prompt]
+    completions = [[5, 6, 7], [8, 9], [10], [11, 12, 13, 14], [6, 5]]
+    return prompts, completions, torch.tensor([1.0, -0.5, 0.25, -1.0, 0.5])
+
+
+def _update_state(model, tokenizer, micro_batch):
+    """The student adapter after one update on fixed rows, from (and back to) the same start."""
+    start = adapter_state(model, "student")
+    optimizer, _ = make_optimizer(model, "student", 1e-2, total_steps=4)
+    prompts, completions, advantages = _rows(tokenizer)
+    stats = policy_gradient_step(model, "student", optimizer, prompts, completions, advantages,
+                                 kl_coef=0.001, pad_token_id=tokenizer.pad_token_id,
+                                 micro_batch=micro_batch, max_new_tokens=8)
+    after = adapter_state(model, "student")
+    load_adapter_state(model, "student", start)
+    return stats, after
+
+
+def _assert_same_state(a, b):
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_out_of_memory_in_training_halves_the_micro_batch_and_changes_nothing(shared, monkeypatch):
+    import models
+    model, tokenizer = shared
+    expected_stats, expected = _update_state(model, tokenizer, micro_batch=4)
+    seen = []
+    real = models.completion_logprobs
+
+    def small_memory(model, prompt_ids, completion_ids, pad_token_id):
+        if torch.is_grad_enabled() and len(prompt_ids) > 1:
+            raise torch.OutOfMemoryError("injected: CUDA out of memory")
+        seen.append(len(prompt_ids))
+        return real(model, prompt_ids, completion_ids, pad_token_id)
+    monkeypatch.setattr(models, "completion_logprobs", small_memory)
+    with pytest.warns(UserWarning, match="out of memory training student on 4 rows at once; "
+                                         "retrying with 2"):
+        stats, after = _update_state(model, tokenizer, micro_batch=4)
+    assert sum(n for n in seen if n == 1) == 5 * 2  # every row once, in the reference and the policy
+    assert stats["skipped"] == 0
+    assert stats["loss"] == pytest.approx(expected_stats["loss"], abs=1e-6)
+    _assert_same_state(after, expected)
+
+
+def test_out_of_memory_on_a_single_row_says_what_to_do(shared, monkeypatch):
+    import models
+    model, tokenizer = shared
+
+    def no_memory(*args):
+        raise torch.OutOfMemoryError("injected")
+    monkeypatch.setattr(models, "completion_logprobs", no_memory)
+    with pytest.raises(torch.OutOfMemoryError, match="a single row; lower the token caps"):
+        _update_state(model, tokenizer, micro_batch=1)
+
+
+def test_micro_batch_size_and_row_order_do_not_change_the_update(shared):
+    model, tokenizer = shared
+    _, whole = _update_state(model, tokenizer, micro_batch=5)
+    _, single = _update_state(model, tokenizer, micro_batch=1)
+    _assert_same_state(whole, single)
+
+
+def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(lm_dir):
+    torch.manual_seed(0)
+    plain, tokenizer = load_model(str(lm_dir), "none", lora_rank=4, lora_alpha=8)
+    torch.manual_seed(0)
+    ckpt, _ = load_model(str(lm_dir), "none", lora_rank=4, lora_alpha=8, checkpointing=True)
+    load_adapter_state(ckpt, "student", adapter_state(plain, "student"))
+    calls = []
+    layer = ckpt.get_base_model().model.layers[0]
+    layer.register_forward_pre_hook(lambda m, a: calls.append(m.training))
+    ckpt.eval()
+    _, expected = _update_state(plain, tokenizer, micro_batch=5)
+    _, after = _update_state(ckpt, tokenizer, micro_batch=5)
+    _assert_same_state(after, expected)
+    # reference forward in eval mode, then the policy forward and its recompute in train mode
+    assert calls[0] is False and calls.count(True) == 1 and not ckpt.training
+
+
 # ---- the command line ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, message", [

@@ -231,3 +231,58 @@ def test_sampling_leaves_the_train_or_eval_mode_as_it_found_it(llama, tokenizer,
         llama.eval()
     assert seen and not any(seen)  # never sampled under dropout
     assert mode == training
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_selective_log_softmax_matches_plain_log_softmax_in_value_and_gradient(dtype):
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(3, 5, 50, generator=gen) * 4).to(dtype)
+    targets = torch.randint(0, 50, (3, 5), generator=gen)
+    weights = torch.randn(3, 5, generator=gen)
+    ours = logits.clone().requires_grad_()
+    plain = logits.clone().requires_grad_()
+    value = sampler.selective_log_softmax(ours, targets)
+    expected = plain.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, expected, atol=1e-5, rtol=0)
+    (value * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert ours.grad.dtype == dtype
+    torch.testing.assert_close(ours.grad, plain.grad, atol=1e-6 if dtype == torch.float32 else 1e-2, rtol=0)
+
+
+def test_selective_log_softmax_keeps_no_float32_copy_of_the_logits_for_backward():
+    logits = torch.randn(2, 4, 1000, dtype=torch.bfloat16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        sampler.selective_log_softmax(logits, torch.zeros(2, 4, dtype=torch.long))
+    big = [t for t in saved if t.numel() >= logits.numel()]
+    assert all(t.dtype == torch.bfloat16 for t in big) and sum(t.numel() for t in big) == logits.numel()
+
+
+def test_out_of_memory_in_sampling_halves_the_batch_and_loses_no_row(llama, tokenizer, prompts, monkeypatch):
+    eos = [tokenizer.eos_token_id]
+    expected = greedy(llama, prompts, tokenizer, 6, eos, n=3, batch_size=8)
+    real = sampler.sample_chunk
+    sizes = []
+
+    def small_memory(model, prompt_ids, prompt_of_row, *args):
+        if len(prompt_of_row) > 3:
+            raise torch.OutOfMemoryError("injected: CUDA out of memory")
+        sizes.append(len(prompt_of_row))
+        return real(model, prompt_ids, prompt_of_row, *args)
+    monkeypatch.setattr(sampler, "sample_chunk", small_memory)
+    with pytest.warns(UserWarning, match="out of memory sampling 8 rows at once; retrying with 4"):
+        r = greedy(llama, prompts, tokenizer, 6, eos, n=3, batch_size=8)
+    assert sum(sizes) == 12 and max(sizes) == 2
+    assert r.completion_ids == expected.completion_ids and r.prompt_ids == expected.prompt_ids
+    # A sampled batch is retried from the generator state it started from.
+    gen = torch.Generator().manual_seed(5)
+    sampled = sampler.sample(llama, prompts, n=1, max_new_tokens=4, eos_token_ids=eos, batch_size=4,
+                             pad_token_id=tokenizer.pad_token_id, generator=gen)
+    monkeypatch.setattr(sampler, "sample_chunk", real)
+    assert len(sampled.completion_ids) == 4
+    gen = torch.Generator().manual_seed(5)
+    unsplit = sampler.sample(llama, prompts[:2], n=1, max_new_tokens=4, eos_token_ids=eos, batch_size=2,
+                             pad_token_id=tokenizer.pad_token_id, generator=gen)
+    assert sampled.completion_ids[:2] == unsplit.completion_ids
