@@ -20,6 +20,7 @@ problems, k, out_dir=...)` is the same thing for an in-memory model (sampled as 
 import argparse
 import json
 import random
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -30,7 +31,9 @@ import models
 import sampler
 from data.benchmarks import load_problems
 from rewards import check_many
-from run_dir import append_jsonl, complete_rows, read_jsonl, write_jsonl
+from parallel import Processes, launch, launched
+from run_dir import (append_jsonl, atomic_write_text, complete_rows, read_jsonl, write_jsonl,
+                     write_nothing)
 from student import student_message
 
 
@@ -70,10 +73,11 @@ def build_hard(model, tokenizer, problems: list[dict], k: int, *, out_dir, chat_
                max_new_tokens: int = 1024, batch_size: int = 64, chunk_problems: int = 32,
                first_round: int = 8, all_k: bool = False, seed: int = 0,
                check_timeout: float = 5.0, settings: dict | None = None,
-               progress: bool = True) -> tuple[list[dict], list[dict], dict]:
-    """Sample, check, filter and split; returns (hard_train, hard_test, stats) and writes them."""
+               progress: bool = True, procs: Processes | None = None
+               ) -> tuple[list[dict], list[dict], dict]:
+    """Sample, check, filter and split; returns (hard_train, hard_test, stats) and writes them.
+    With `procs` the chunks are spread over the processes and the main one writes the files."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     rounds = [k] if all_k else round_sizes(k, first_round)
     settings = {**(settings or {}), "k": k, "max_new_tokens": max_new_tokens, "temperature": 1.0,
                 "chat_template": chat_template, "chunk_problems": chunk_problems, "seed": seed,
@@ -82,7 +86,7 @@ def build_hard(model, tokenizer, problems: list[dict], k: int, *, out_dir, chat_
     if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
         raise SystemExit(f"error: {out_dir} holds a build with other settings "
                          f"({settings_path}); delete the folder or choose another --out-dir")
-    settings_path.write_text(json.dumps(settings, indent=1))
+    atomic_write_text(settings_path, json.dumps(settings, indent=1))
 
     results_path = out_dir / "results.jsonl"
     # Resume: keep the whole chunks already written (a kill can leave a chunk half done).
@@ -95,19 +99,27 @@ def build_hard(model, tokenizer, problems: list[dict], k: int, *, out_dir, chat_
                              f"dataset's problem {i}; delete the folder or choose another --out-dir")
     write_jsonl(results_path, results)  # drop any partial chunk before appending
 
-    bar = tqdm(total=len(problems), initial=done, desc="fail@k", unit="problem", disable=not progress)
-    for start in range(done, len(problems), chunk_problems):
-        chunk = problems[start:start + chunk_problems]
-        # Each chunk has its own generator, so a resumed build samples exactly what a full one would.
+    def sample_from(start):
+        # Each chunk has its own generator, so a resumed build samples exactly what a full one
+        # would, whichever process samples it.
         generator = torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + start)
-        for j, row in enumerate(sample_chunk(model, tokenizer, chunk, rounds, generator,
-                                             chat_template=chat_template,
-                                             max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                             check_timeout=check_timeout)):
-            append_jsonl(results_path, {**chunk[j], "index": start + j, **row, "k": k})
-        bar.update(len(chunk))
+        return sample_chunk(model, tokenizer, problems[start:start + chunk_problems], rounds,
+                            generator, chat_template=chat_template, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, check_timeout=check_timeout)
+
+    spread = procs.map if procs else lambda fn, units: [fn(u) for u in units]
+    count = procs.count if procs else 1
+    bar = tqdm(total=len(problems), initial=done, desc="fail@k", unit="problem",
+               disable=not progress or bool(procs and not procs.main))
+    for first in range(done, len(problems), chunk_problems * count):
+        starts = list(range(first, min(len(problems), first + chunk_problems * count), chunk_problems))
+        for start, rows in zip(starts, spread(sample_from, starts)):
+            for j, row in enumerate(rows):
+                append_jsonl(results_path, {**problems[start + j], "index": start + j, **row, "k": k})
+            bar.update(len(rows))
     bar.close()
-    return finish(out_dir, read_jsonl(results_path), settings, seed)
+    built = finish(out_dir, read_jsonl(results_path), settings, seed) if not procs or procs.main else None
+    return procs.broadcast(built) if procs else built
 
 
 def sample_chunk(model, tokenizer, chunk: list[dict], rounds: list[int], generator, *,
@@ -151,7 +163,7 @@ def finish(out_dir: Path, results: list[dict], settings: dict, seed: int):
              "settings": settings}
     write_jsonl(out_dir / "hard_train.jsonl", hard_train)
     write_jsonl(out_dir / "hard_test.jsonl", hard_test)
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+    atomic_write_text(out_dir / "stats.json", json.dumps(stats, indent=1))
     return hard_train, hard_test, stats
 
 
@@ -179,19 +191,31 @@ def main(argv=None) -> None:
                    help="draw all k samples for every problem (exact solve counts, no early stop)")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems (a trial run)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="sample on N processes of this machine (CPU cores or GPUs); the same files "
+                        "for any N (default: 1, or what accelerate launch / torchrun started)")
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
-    if args.k < 1 or args.first_round < 1:
-        p.error("--k and --first-round must be at least 1")
+    if args.k < 1 or args.first_round < 1 or args.processes < 1:
+        p.error("--k, --first-round and --processes must be at least 1")
 
     if args.model == "tiny":
         p.error("--model tiny: the tiny world builds its own hard set (train.py does it on first use)")
+    if args.processes > 1 and not launched():
+        launch(args.processes, argv)
+        return
+    procs = Processes()
+    if not procs.main:
+        write_nothing()
     quant = args.quant
     if quant == "auto":
         quant = "4bit" if torch.cuda.is_available() else "none"
     try:
         problems = load_problems(args.dataset, problem_field=args.problem_field,
                                  answer_field=args.answer_field, split=args.split)[:args.limit]
-        model, tokenizer = models.load_model(args.model, quant, adapters=False)
+        with procs.main_first():  # a conversion or download happens once
+            model, tokenizer = models.load_model(args.model, quant, adapters=False,
+                                                 device=str(procs.device))
     except (models.ModelUnavailable, OSError, ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
     chat_template = {"on": True, "off": False}.get(args.chat_template,
@@ -203,10 +227,12 @@ def main(argv=None) -> None:
                              chat_template=chat_template, max_new_tokens=args.max_new_tokens,
                              batch_size=args.batch_size, chunk_problems=args.chunk_problems,
                              first_round=args.first_round, all_k=args.all_k, seed=args.seed,
-                             settings=settings)
-    print(f"{stats['n_hard']} of {stats['pool_size']} problems solved 0/{args.k} times "
-          f"({stats['invalid_gold']} dropped: unparsable gold) -> {stats['n_train']} train / "
-          f"{stats['n_test']} test in {train_path.parent}")
+                             settings=settings, procs=procs)
+    procs.close()
+    if procs.main:
+        print(f"{stats['n_hard']} of {stats['pool_size']} problems solved 0/{args.k} times "
+              f"({stats['invalid_gold']} dropped: unparsable gold) -> {stats['n_train']} train / "
+              f"{stats['n_test']} test in {train_path.parent}")
 
 
 if __name__ == "__main__":

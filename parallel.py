@@ -12,6 +12,8 @@ import hashlib
 import os
 import random
 import sys
+import threading
+import time
 import uuid
 
 import torch
@@ -38,6 +40,7 @@ class Processes:
     process skips waits for it forever), so train.py makes them unconditionally."""
 
     def __init__(self):
+        end_with_launcher()
         # A process can wait long at a collective (another one still trains a whole student).
         wait = InitProcessGroupKwargs(timeout=datetime.timedelta(hours=6))
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[wait])
@@ -81,7 +84,26 @@ def launch(processes: int, argv: list[str]) -> None:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes,
                           rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0,
                           run_id=uuid.uuid4().hex)
+    os.environ[LAUNCHER] = str(os.getpid())
     elastic_launch(config, sys.executable)(os.path.abspath(sys.argv[0]), *argv)
+
+
+LAUNCHER = "SOAR_LAUNCHER_PID"
+
+
+def end_with_launcher() -> None:
+    """In a process that `launch` started: exit when the launcher is gone. torch starts each
+    process in a session of its own, so a launcher killed outright (SIGKILL) would otherwise leave
+    them running, and writing, beside the run that resumes after it."""
+    launcher = os.environ.get(LAUNCHER)
+    if launcher is None:
+        return
+
+    def watch():
+        while os.getppid() == int(launcher):
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def launched() -> bool:

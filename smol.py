@@ -70,6 +70,9 @@ def convert(gguf_path: Path, target: Path) -> None:
         edit_json(tmp / "config.json", drop=("quantization_config",), set_to={"_name_or_path": HUB_ID})
         edit_json(tmp / "tokenizer_config.json", drop=("is_local", "local_files_only", "gguf_file"))
         check_folder(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is for every user of the machine
+        for file in tmp.iterdir():
+            file.chmod(0o644)
         try:
             os.rename(tmp, target)
         except OSError:

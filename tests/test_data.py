@@ -1,6 +1,9 @@
 """Problem loaders (local files, benchmark rows, offline failure) and the resumable fail@k builder."""
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +14,8 @@ import build_hard
 import sampler
 from data import benchmarks
 from data.benchmarks import BenchmarkUnavailable, ProblemFileError, load_problems
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write(path, text):
@@ -261,3 +266,20 @@ def test_the_builder_loads_the_base_without_adapters(tiny_llama):
     import models as project_models
     model, _ = project_models.load_model(str(tiny_llama[2]), "none", adapters=False)
     assert not any("lora_" in n for n, _ in model.named_parameters()) and not model.training
+
+
+def test_two_processes_build_the_same_hard_set_as_one(tiny_llama, tmp_path):
+    _, _, model_path = tiny_llama
+    dataset = write(tmp_path / "mini.jsonl", "".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    args = ["--model", str(model_path), "--dataset", str(dataset), "--k", "3", "--max-new-tokens", "4",
+            "--chunk-problems", "2", "--chat-template", "off"]
+    build_hard.main([*args, "--out-dir", str(tmp_path / "one")])
+    done = subprocess.run([sys.executable, str(ROOT / "build_hard.py"), *args, "--processes", "2",
+                           "--out-dir", str(tmp_path / "two")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = build_hard.hard_set_paths(tmp_path / "one", str(model_path), str(dataset))[0].parent
+    for name in ("results.jsonl", "hard_train.jsonl", "hard_test.jsonl", "stats.json"):
+        assert (tmp_path / "two" / folder.relative_to(tmp_path / "one") / name).read_text() == \
+            (folder / name).read_text()
+    assert done.stdout.count("problems solved 0/3 times") == 1

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -400,6 +401,16 @@ def test_two_processes_give_exactly_the_results_of_one(lm_dir, problem_files, tm
     assert "2 processes" in done.stdout
 
 
+def a_process_runs_with(text: str) -> bool:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_text(errors="replace"):
+                return True
+        except OSError:  # ended meanwhile
+            continue
+    return False
+
+
 def test_a_run_killed_on_two_processes_resumes_on_one_to_the_same_results(lm_dir, problem_files,
                                                                           tmp_path):
     args = ["--methods", "soar,hard_only", "--outer-steps", "3", "--g", "3"]
@@ -413,8 +424,11 @@ def test_a_run_killed_on_two_processes_resumes_on_one_to_the_same_results(lm_dir
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n")):
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both processes
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher; its processes must end with it
     proc.wait()
+    while time.time() < deadline and a_process_runs_with(str(out)):
+        time.sleep(0.2)
+    assert not a_process_runs_with(str(out)), "a process outlived its launcher"
     assert metrics.read_text().count("\n") < 3, "the run finished before it could be killed"
     train.main(["--resume", str(out)])
     assert comparable_run(out) == comparable_run(tmp_path / "full")

@@ -265,8 +265,11 @@ def tiny_hard_set(seed: int = 0, progress: bool = True) -> tuple[list[dict], lis
     if not (out_dir / "stats.json").exists():  # written last: its presence means a finished build
         model = AutoModelForCausalLM.from_pretrained(path).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
+        # All k samples at once, in chunks of 8: the hard set every earlier build of this world
+        # found (a builder in rounds draws other samples, so it would find another one), and
+        # exact solve counts for `python -m tiny.probes`; the tiny model takes a minute either way.
         build_hard(model, tokenizer, hard_candidates(seed), HARD["k"], out_dir=out_dir,
                    chat_template=False, max_new_tokens=HARD["max_new_tokens"],
-                   batch_size=HARD["batch_size"], seed=seed, settings={"tiny": HARD},
-                   progress=progress)
+                   batch_size=HARD["batch_size"], chunk_problems=8, all_k=True, seed=seed,
+                   settings={"tiny": HARD}, progress=progress)
     return read_jsonl(out_dir / "hard_train.jsonl"), read_jsonl(out_dir / "hard_test.jsonl")
