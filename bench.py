@@ -5,6 +5,7 @@ the machine's own matmul throughput that decoding reaches. Prints one table.
     python bench.py                     # the tiny model if it is built, else a random Llama
     python bench.py --model small       # any preset, HF id or local directory (GPU: add --quant 4bit)
     python bench.py --metrics runs/x/seed0/soar/metrics.jsonl   # add a SOAR step's phases
+    python bench.py --memory small      # predicted GPU memory of a preset, measured on the CPU
 
 Workload (the student's rollouts): --prompts questions x --group samples at temperature 1, up to
 --max-new-tokens. Useful tokens are the tokens before EOS: `generate` keeps decoding rows that
@@ -17,8 +18,15 @@ tokens over total time. Greedy work is deterministic, so its time is the best of
 --greedy-repeats. The machine's load average is printed: other processes slow every number.
 
 The TRL row needs `pip install trl` (not a project requirement); without it the row says so.
+
+--memory builds the preset's model (from its published config, random weights) with 1 and 2
+layers at the true width, 4-bit as a run loads it, counts the bytes autograd keeps for backward
+per token per layer and for the logits, the weights and the sampler's KV cache per token, and
+extrapolates to the true depth and the preset's settings: a prediction of the GPU peak, printed
+with the figures it comes from.
 """
 import argparse
+import dataclasses
 import os
 import random
 import resource
@@ -33,8 +41,9 @@ import torch
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers import models as tokenizer_models
 from peft import LoraConfig
-from transformers import (AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM,
-                          PreTrainedTokenizerFast, TrainerCallback)
+from transformers import (AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig,
+                          LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
+                          TrainerCallback)
 
 import models
 import rewards
@@ -65,11 +74,15 @@ def parse_args(argv=None):
                    "different seeds; tokens/s = total tokens / total time)")
     p.add_argument("--greedy-repeats", type=int, default=7, help="timed greedy repeats (best time counts)")
     p.add_argument("--rloo-steps", type=int, default=1, help="timed RLOO steps per side (after one warm-up step)")
-    p.add_argument("--micro-batch", type=int, default=16, help="rows per forward/backward in the RLOO step")
+    p.add_argument("--micro-batch", type=int, default=4, help="rows per forward/backward in the RLOO step "
+                   "(4: SmolLM2-135M's 8x8 step peaks at 3.0 GiB RSS, at 16 8.3 GiB)")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--skip-trl", action="store_true", help="do not run the TRL comparison")
     p.add_argument("--metrics", type=Path, help="metrics.jsonl of a train.py run: prints its phase times")
+    p.add_argument("--memory", choices=sorted(TRUE_SIZES), help="instead: predict a preset's GPU memory "
+                   "from its per-layer and logits costs measured on the CPU at its true width")
+    p.add_argument("--checkpointing", action="store_true", help="recompute layers in the RLOO step's backward")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -270,7 +283,8 @@ def our_rloo_step(model, tokenizer, prompts, args, optimizer, scheduler, generat
 
 def bench_ours_rloo(path, texts, kind, args, device):
     model, tokenizer = models.load_model(path, quant=args.quant, lora_rank=args.lora_rank,
-                                         lora_alpha=2 * args.lora_rank, device=device.type)
+                                         lora_alpha=2 * args.lora_rank, device=device.type,
+                                         checkpointing=args.checkpointing)
     prompts = encode(tokenizer, texts, kind)
     optimizer, scheduler = models.make_optimizer(model, "student", lr=1e-5, total_steps=100)
     generator = torch.Generator().manual_seed(args.seed)
@@ -343,6 +357,167 @@ def soar_phases(path: Path) -> dict[str, float]:
     return {k: statistics.mean(t.get(k, 0.0) for t in times) for k in times[0]}
 
 
+# ---- memory: the training step at a preset's true width ------------------------------------------
+
+# The presets' models, from their published configs (no download needed): true widths, any depth.
+TRUE_SIZES = {
+    "small": (Qwen2Config, dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                                num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
+                                tie_word_embeddings=True)),
+    "paper": (LlamaConfig, dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                                num_attention_heads=24, num_key_value_heads=8, vocab_size=128256,
+                                tie_word_embeddings=True)),
+}
+PROMPT_TOKENS = 160  # a chat-templated student prompt with a MATH problem (upper end); teacher's ~110
+GIB = 2 ** 30
+
+
+def shallow_model(preset: str, layers: int, workdir: Path, cfg):
+    """The preset's model cut to `layers` layers, random, loaded as a run loads it (4-bit NF4,
+    bf16 compute, both LoRA adapters); its weights are what a GPU holds, on the CPU."""
+    config_class, sizes = TRUE_SIZES[preset]
+    path = workdir / f"{preset}-{layers}"
+    if not path.exists():
+        torch.manual_seed(0)
+        config = config_class(**{**sizes, "num_hidden_layers": layers}, max_position_embeddings=4096)
+        AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(path)
+        AutoTokenizer.from_pretrained(random_model_dir(workdir / "tok", 64)).save_pretrained(path)
+    model, _ = models.load_model(str(path), "4bit", cfg.lora_rank, cfg.lora_alpha, device="cpu",
+                                 dtype=torch.bfloat16)
+    return model
+
+
+def tensor_bytes(model) -> dict[str, int]:
+    """Bytes of the base weights (4-bit packed + quantization constants) and of one adapter."""
+    base = adapter = 0
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            adapter += p.nbytes if ".student." in name else 0
+            continue
+        base += p.nbytes
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            base += state.absmax.nbytes + state.code.nbytes
+            if state.nested:
+                base += state.state2.absmax.nbytes + state.state2.code.nbytes
+    return {"base": base, "adapter": adapter}
+
+
+def saved_bytes(model, rows: int, prompt: int, completion: int, autocast: bool) -> int:
+    """Bytes autograd keeps for backward in one policy forward (distinct storages, the model's own
+    weights not counted), as `models.micro_batch_grads` runs it, without checkpointing."""
+    prompts = [[5 + i] * prompt for i in range(rows)]
+    completions = [[7 + i] * completion for i in range(rows)]
+    weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in weights:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    models.activate(model, "student")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        sampler.completion_logprobs(model, prompts, completions, pad_token_id=0)
+    return sum(seen.values())
+
+
+def layer_input_bytes(model, rows: int, tokens: int) -> int:
+    """Bytes of one layer's input per token: what a checkpointed layer keeps until backward."""
+    sizes = []
+    layer = model.get_base_model().model.layers[0]
+    handle = layer.register_forward_pre_hook(lambda m, a: sizes.append(a[0].nbytes))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        sampler.completion_logprobs(model, [[5] * tokens] * rows, [[6]] * rows, pad_token_id=0)
+    handle.remove()
+    return sizes[0] // (rows * (tokens + 1))
+
+
+def kv_bytes_per_token(model, tokens: int = 16) -> int:
+    """Sampler KV cache bytes per token per layer, read off a real prefill's cache."""
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=torch.full((1, tokens), 5), cache=cache, use_cache=True, logits_to_keep=1)
+    layer = cache.layers[0]
+    return (layer.keys.nbytes + layer.values.nbytes) // tokens
+
+
+def measure_memory(preset: str, workdir: Path) -> dict:
+    """Per-layer and per-token figures at the preset's true width from 1- and 2-layer models."""
+    from train import Config, PRESETS
+    cfg = Config(**PRESETS[preset])
+    rows, prompt, completion = 2, 48, 48  # small enough for a CPU; every figure is per token
+    tokens = rows * (prompt + completion)
+    m = {"cfg": cfg, "layers": TRUE_SIZES[preset][1]["num_hidden_layers"],
+         "vocab": TRUE_SIZES[preset][1]["vocab_size"]}
+    per_depth = {}
+    for layers in (1, 2):
+        model = shallow_model(preset, layers, workdir, cfg)
+        per_depth[layers] = {"bytes": tensor_bytes(model),
+                             "saved": saved_bytes(model, rows, prompt, completion, autocast=True),
+                             "saved_fp32_lora": saved_bytes(model, rows, prompt, completion, autocast=False)}
+        if layers == 1:
+            m["layer_input"] = layer_input_bytes(model, rows, prompt)
+            m["kv_per_token_layer"] = kv_bytes_per_token(model)
+        del model
+    one, two = per_depth[1], per_depth[2]
+    m["layer_saved"] = (two["saved"] - one["saved"]) / tokens
+    m["layer_saved_fp32_lora"] = (two["saved_fp32_lora"] - one["saved_fp32_lora"]) / tokens
+    m["head_saved"] = (one["saved"] - m["layer_saved"] * tokens) / (rows * completion)  # logits & co
+    for key in ("base", "adapter"):
+        per_layer = two["bytes"][key] - one["bytes"][key]
+        m[key] = one["bytes"][key] - per_layer + m["layers"] * per_layer
+    return m
+
+
+def predict_peak(m: dict, **settings) -> dict:
+    """Predicted GPU peak (bytes) of a training step and of sampling at the preset's settings
+    (or at `settings` instead)."""
+    cfg, L, V = dataclasses.replace(m["cfg"], **settings), m["layers"], m["vocab"]
+    adapters = 6 * m["adapter"]  # both adapters; the trained one's gradient sum, a micro-batch's
+    #                              gradients and two AdamW moments, all float32
+    train = {}
+    for role, completion in (("student", cfg.student_max_tokens), ("teacher", cfg.teacher_max_tokens)):
+        tokens = cfg.micro_batch * (PROMPT_TOKENS + completion)
+        checkpointing = cfg.checkpointing != "off"  # auto = on, on a GPU
+        kept = m["layer_input"] if checkpointing else m["layer_saved"]
+        layers = tokens * (L * kept + (m["layer_saved"] if checkpointing else 0))  # + one recompute
+        # logits kept for backward, their gradient (same size), one float32 row in the backward
+        head = cfg.micro_batch * completion * 2 * m["head_saved"] + completion * V * 4 * 2
+        train[role] = m["base"] + adapters + layers + head
+    rows = cfg.sample_batch
+    kv = rows * (PROMPT_TOKENS + max(cfg.student_max_tokens, cfg.teacher_max_tokens)) * L * m["kv_per_token_layer"]
+    sample = m["base"] + adapters + kv * (1 + 1 / L) + rows * V * (2 + 4 * 3)  # a layer's cache
+    #   being appended to; the step's bf16 logits and the sampler's float32 softmax, cdf, log-softmax
+    return {"train_student": train["student"], "train_teacher": train["teacher"], "sample": sample}
+
+
+def memory_report(preset: str) -> None:
+    m = measure_memory(preset, Path(tempfile.mkdtemp(prefix="bench-memory-")))
+    cfg, peak = m["cfg"], predict_peak(m)
+    print(f"--memory {preset}: measured on CPU at the true width ({TRUE_SIZES[preset][1]['hidden_size']}, "
+          f"vocab {m['vocab']}), 1 and 2 layers, extrapolated to {m['layers']}: a PREDICTION")
+    print(f"  base weights, 4-bit NF4 + constants, bf16 embeddings: {m['base'] / GIB:.2f} GiB; "
+          f"one LoRA adapter (r={cfg.lora_rank}, fp32): {m['adapter'] / 2**20:.0f} MiB")
+    print(f"  saved for backward per token per layer: {m['layer_saved'] / 1024:.1f} KiB under bf16 "
+          f"autocast, {m['layer_saved_fp32_lora'] / 1024:.1f} KiB without (float32 LoRA inputs); "
+          f"checkpointed: {m['layer_input'] / 1024:.1f} KiB (the layer input)")
+    print(f"  logits and head per completion token: {m['head_saved'] / 2**20:.2f} MiB kept "
+          f"(+ as much again for their gradient)")
+    print(f"  sampler KV cache per token per layer: {m['kv_per_token_layer'] / 1024:.1f} KiB")
+    print(f"  settings: micro-batch {cfg.micro_batch}, sample batch {cfg.sample_batch}, checkpointing "
+          f"{cfg.checkpointing}, prompt {PROMPT_TOKENS} + student {cfg.student_max_tokens} / teacher "
+          f"{cfg.teacher_max_tokens} new tokens")
+    for name, value in peak.items():
+        print(f"  predicted peak, {name.replace('_', ' ')}: {value / GIB:.1f} GiB")
+    print(f"  predicted peak of a run: {max(peak.values()) / GIB:.1f} GiB "
+          "(+ about 1 GiB of CUDA context and allocator slack, not measured)")
+    print("  student training peak (GiB) at other settings, micro-batch: " + ", ".join(
+        f"{mb}: {predict_peak(m, micro_batch=mb, checkpointing='off')['train_student'] / GIB:.1f} / "
+        f"{predict_peak(m, micro_batch=mb, checkpointing='on')['train_student'] / GIB:.1f}"
+        for mb in (1, 2, 4, 8, 16, 32)) + " (checkpointing off / on)")
+
+
 # ---- main ---------------------------------------------------------------------------------------
 
 def print_table(header, rows):
@@ -358,6 +533,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory:
+        return memory_report(args.memory)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     if args.model == "auto":

@@ -116,7 +116,9 @@ class Config:
         return self.chat_template == "on"
 
 
-# Defaults per preset (flags still win). `small` and `paper` fit one 24 GB GPU in 4-bit.
+# Defaults per preset (flags still win). `small` and `paper` are sized for one 24 GB GPU in 4-bit
+# by `python bench.py --memory small|paper`: per-layer and logits memory measured on the CPU at
+# the true width, extrapolated to depth (a prediction; no GPU run has confirmed it yet).
 PRESETS = {
     # The tiny world on a 2-core CPU: all methods and 3 seeds in 25 minutes (measured). One copy's
     # inner loop needs 16 steps of 16 questions to move the hard set (8 gave almost only zero
@@ -128,8 +130,14 @@ PRESETS = {
                  teacher_max_tokens=64, student_max_tokens=64, fresh_steps=20, pq_steps=12,
                  sampled_questions=64, probe_every=4, sample_every=3, micro_batch=64,
                  sample_batch=256, threads=1),
-    "small": {},
-    "paper": {},
+    # Qwen2.5-1.5B: 114-117 KiB per token per layer kept for backward under bf16 autocast (143
+    # KiB with float32 LoRA inputs); 4 rows of 160 + 512 tokens without checkpointing predict
+    # 11.4 GiB and spare the recompute (8 rows: 20.7). Sampling 256 rows: 6.7 GiB.
+    "small": dict(micro_batch=4, sample_batch=256, checkpointing="off"),
+    # Llama-3.2-3B: 155 KiB per token per layer kept for backward, so 4 rows of 672 tokens
+    # without checkpointing already predict 15.2 GiB; checkpointed, 16 rows predict 10.0 GiB.
+    # Sampling 128 rows holds a 4 KiB/token/layer KV cache: 12.4 GiB, the run's predicted peak.
+    "paper": dict(micro_batch=16, sample_batch=128, checkpointing="on"),
 }
 # --smoke: the same pipeline at toy sizes (every method, the table, summary.json, the plots).
 SMOKE = dict(seeds=1, outer_steps=2, g=2, n=4, r=1, q_r=4, inner_steps=1, student_batch=2,
