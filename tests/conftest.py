@@ -39,3 +39,24 @@ def problem_files(tmp_path_factory) -> tuple[Path, Path]:
         rows = generate_problems(8, 3, seed)
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return paths
+
+
+@pytest.fixture
+def interrupted_then_resumed(monkeypatch):
+    """run(argv, out): `train.py argv --out out` stopped by Ctrl-C once its first outer step is
+    logged, then continued with `--resume out`."""
+    import train
+
+    def run(argv: list[str], out: Path) -> None:
+        original_log_step = train.log_step
+
+        def interrupt_after_step_0(row, bar):
+            original_log_step(row, bar)
+            if row["step"] == 0:
+                raise KeyboardInterrupt
+        monkeypatch.setattr(train, "log_step", interrupt_after_step_0)
+        with pytest.raises(SystemExit, match="--resume"):
+            train.main([*argv, "--out", str(out)])
+        monkeypatch.setattr(train, "log_step", original_log_step)
+        train.main(["--resume", str(out)])
+    return run

@@ -459,24 +459,14 @@ def test_an_existing_run_is_never_overwritten(lm_dir, problem_files, tmp_path):
     assert (out / "config.json").read_text() == "{}"
 
 
-def test_resumed_run_matches_an_uninterrupted_one(lm_dir, problem_files, tmp_path, monkeypatch):
+def test_resumed_run_matches_an_uninterrupted_one(lm_dir, problem_files, tmp_path,
+                                                 interrupted_then_resumed):
     # tau -1 with a window of 1 promotes at every step, so the resumed state holds a promotion.
     args = ["--methods", "soar", "--outer-steps", "2", "--ma-window", "1", "--tau", "-1",
             "--promotion-extra-steps", "1"]
     train.main(_smoke_args(lm_dir, problem_files, tmp_path / "full", *args))
-
-    original_log_step = train.log_step
-
-    def interrupt_after_step_0(row, bar):
-        original_log_step(row, bar)
-        if row["step"] == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "log_step", interrupt_after_step_0)
-    with pytest.raises(SystemExit, match="--resume"):
-        train.main(_smoke_args(lm_dir, problem_files, tmp_path / "cut", *args))
-    monkeypatch.setattr(train, "log_step", original_log_step)
-    train.main(["--resume", str(tmp_path / "cut")])
+    interrupted_then_resumed(_smoke_args(lm_dir, problem_files, tmp_path / "cut", *args),
+                             tmp_path / "cut")
 
     def comparable(run):
         rows = read_jsonl(tmp_path / run / "seed0" / "soar" / "metrics.jsonl")
