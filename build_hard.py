@@ -192,8 +192,9 @@ def main(argv=None) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N problems (a trial run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--processes", type=int, default=1, metavar="N",
-                   help="sample on N processes of this machine (CPU cores or GPUs); the same files "
-                        "for any N (default: 1, or what accelerate launch / torchrun started)")
+                   help="sample on N processes of this machine (CPU cores or GPUs); each chunk "
+                        "has its own seeded generator (default: 1, or what accelerate launch / "
+                        "torchrun started)")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     if args.k < 1 or args.first_round < 1 or args.processes < 1:

@@ -1,11 +1,12 @@
 """Spreading a run's independent units of work over processes, and starting those processes.
 
 One process, or N of them started by `python train.py --processes N`, `accelerate launch` or
-`torchrun`: accelerate over torch.distributed underneath (gloo on CPU, NCCL on GPUs). A run's
-results do not depend on N, because every unit of work draws its randomness from generators
-seeded by the unit's identity (`unit_seed`), never from a stream that units share: which process
-runs a unit changes nothing but the time. Process 0 writes the run directory and prints; the
-others compute and hand their results to it.
+`torchrun`: accelerate over torch.distributed underneath (gloo on CPU, NCCL on GPUs). Every
+unit of work draws its randomness from generators seeded by the unit's identity (`unit_seed`),
+never from a stream that units share, so which process runs a unit does not change what it
+draws. (The floating-point results of training are not bit-stable across processes on every
+machine: see the README.) Process 0 writes the run directory and prints; the others compute and
+hand their results to it.
 """
 import datetime
 import hashlib

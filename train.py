@@ -120,7 +120,8 @@ class Config:
 # by `python bench.py --memory small|paper`: per-layer and logits memory measured on the CPU at
 # the true width, extrapolated to depth (a prediction; no GPU run has confirmed it yet).
 PRESETS = {
-    # The tiny world on a 2-core CPU: all methods and 3 seeds in 25 minutes (measured). One copy's
+    # The tiny world on a 2-core CPU: all methods and 3 seeds in 31.5 minutes (measured beside other
+    # jobs; 25 without Grounded-T on an idle machine). One copy's
     # inner loop needs 16 steps of 16 questions to move the hard set (8 gave almost only zero
     # rewards); student lr 2e-3 was no better; teacher lr 1e-3 wrecked the teacher's arithmetic.
     "tiny": dict(quant="none", chat_template="off", seeds=3,
@@ -159,9 +160,9 @@ def parse_config(argv) -> tuple[Config, bool, int]:
     parser.add_argument("--smoke", action="store_true", help="toy sizes, every method, in minutes")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
     parser.add_argument("--processes", type=int, default=1, metavar="N",
-                        help="run on N processes of this machine (CPU cores or GPUs); the results "
-                             "are the same for any N (default: 1, or what accelerate launch / "
-                             "torchrun started)")
+                        help="run on N processes of this machine (CPU cores or GPUs); every unit of "
+                             "work draws from its own seeded generators (default: 1, or what "
+                             "accelerate launch / torchrun started)")
     args = parser.parse_args(argv)
     if args.processes < 1:
         parser.error("--processes must be at least 1")
@@ -523,7 +524,8 @@ def train_fresh_students(w: World, seed: int, jobs: dict[str, list], seed_dir: P
         ckpt, result = saved[procs.rank] if mine else (None, None)
         steps = fresh_student_steps(w, mine, seed, jobs[mine], ckpt) if mine and not result else iter(())
         while True:  # one step of every process's student, then the main process writes them
-            done = procs.gather([(mine, *item) for item in [next(steps, None)] if item])
+            stepped = next(steps, None)
+            done = procs.gather([(mine, *stepped)] if stepped else [])
             if not done:
                 break
             for name, row, checkpoint in done:
