@@ -1,6 +1,6 @@
 # Two commands on a fresh machine, each setting up what it needs in .venv first:
 #   make tiny    the built-in tiny world: SOAR against its baselines on a CPU (about 30 minutes)
-#   make test    the test suite (about 5 minutes on 2 CPU cores)
+#   make test    the test suite (about 8 minutes on 2 CPU cores)
 # TORCH is what pip installs for torch when the venv has none: the CPU build by default; on a
 # GPU machine give your CUDA build, e.g. `make tiny TORCH="torch --index-url <your CUDA index>"`.
 PYTHON ?= python3
