@@ -4,8 +4,7 @@ One process, or N of them started by `python train.py --processes N`, `accelerat
 `torchrun`: accelerate over torch.distributed underneath (gloo on CPU, NCCL on GPUs). Every
 unit of work draws its randomness from generators seeded by the unit's identity (`unit_seed`),
 never from a stream that units share, so which process runs a unit does not change what it
-draws. (The floating-point results of training are not bit-stable across processes on every
-machine: see the README.) Process 0 writes the run directory and prints; the others compute and
+draws. Process 0 writes the run directory and prints; the others compute and
 hand their results to it.
 """
 import datetime

@@ -782,6 +782,7 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // procs.count))
     if cfg.checkpointing == "auto":
         cfg.checkpointing = "on" if torch.cuda.is_available() else "off"
+    torch.manual_seed(cfg.seed)  # LoRA's A matrices: the same in every process and every run
     model, tokenizer = load_model(path, cfg.quant, cfg.lora_rank, cfg.lora_alpha,
                                   device=str(procs.device), checkpointing=cfg.checkpointing == "on")
     if cfg.chat_template == "auto":
