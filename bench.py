@@ -271,6 +271,7 @@ def our_rloo_step(model, tokenizer, prompts, args, optimizer, scheduler, generat
     with models.timed(times, "sample"):
         r = sampler.sample(model, prompts, n=args.group, max_new_tokens=args.max_new_tokens, temperature=1.0,
                            eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id, generator=generator)
+    times["answer tokens"] = statistics.mean(map(len, r.completion_ids))
     reward = torch.tensor(parity_reward(r.completion_ids, set(eos))).view(len(prompts), args.group)
     advantages = rewards.rloo_advantages(reward).flatten()
     with models.timed(times, "train"):
@@ -298,7 +299,15 @@ def bench_ours_rloo(path, texts, kind, args, device):
     return steps
 
 
-def bench_trl_rloo(path, texts, args, device):
+def trl_prompt(text: str, kind: str, tokenizer):
+    """A prompt as TRL's RLOOTrainer takes it, so that TRL tokenizes it to exactly our prompt's
+    ids (`encode`): a conversation when we use the chat template, else the same framed text."""
+    if kind == "hub" and tokenizer.chat_template is not None:
+        return [{"role": "user", "content": text}]
+    return models.plain_frame(text) if kind == "tiny" else text
+
+
+def bench_trl_rloo(path, texts, kind, args, device):
     """TRL's RLOOTrainer on the same model, LoRA, prompts, group, batch, length cap and KL coefficient.
     TRL is not a project requirement, so it is imported here, when the comparison runs."""
     try:
@@ -317,7 +326,7 @@ def bench_trl_rloo(path, texts, args, device):
 
     class StepTimer(TrainerCallback):
         def __init__(self):
-            self.times = []
+            self.times, self.lengths = [], []
 
         def on_step_begin(self, *a, **k):
             sync(device)
@@ -327,6 +336,10 @@ def bench_trl_rloo(path, texts, args, device):
             sync(device)
             self.times.append(time.perf_counter() - self.start)
 
+        def on_log(self, args, state, control, logs=None, **k):
+            if logs and "completions/mean_length" in logs:
+                self.lengths.append(float(logs["completions/mean_length"]))
+
     rows = len(texts) * args.group
     config = RLOOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=args.micro_batch,
@@ -334,17 +347,19 @@ def bench_trl_rloo(path, texts, args, device):
         max_completion_length=args.max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, beta=0.001,
         learning_rate=1e-5, max_steps=1 + args.rloo_steps, logging_steps=1, save_strategy="no", report_to=[],
         use_cpu=device.type == "cpu", bf16=device.type == "cuda", seed=args.seed, disable_dropout=True,
+        chat_template_kwargs={"date_string": models.CHAT_DATE},  # the date our prompts carry
         gradient_checkpointing=False)  # TRL's default is on; ours never recomputes activations
     lora = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, lora_dropout=0.0,
                       target_modules="all-linear", task_type="CAUSAL_LM")
-    dataset = Dataset.from_list([{"prompt": t} for t in texts] * (1 + args.rloo_steps))
+    dataset = Dataset.from_list([{"prompt": trl_prompt(t, kind, tokenizer)} for t in texts]
+                                * (1 + args.rloo_steps))
     timer = StepTimer()
     trainer = RLOOTrainer(model=path, reward_funcs=reward, args=config, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=lora, callbacks=[timer])
     if set(trainer.eos_token_ids) != stop:
         return f"not comparable: TRL stops at {sorted(trainer.eos_token_ids)}, we stop at {sorted(stop)}"
     trainer.train()
-    return timer.times[1:]  # the first step is the warm-up
+    return list(zip(timer.times, timer.lengths))[1:]  # (seconds, mean answer tokens); 1st: warm-up
 
 
 # ---- 3. SOAR outer step phases from a train.py run ---------------------------------------------
@@ -543,8 +558,8 @@ def main(argv=None):
         path, kind = str(random_model_dir(workdir / "random", args.mean_len)), "random"
     elif args.model == "tiny":
         path, kind = str(tiny_model.tiny_model_path()), "tiny"
-    else:
-        path, kind = args.model, "hub"
+    else:  # a preset or hub id -> the folder the run would load (the TRL comparison needs it too)
+        path, kind = models.resolve_model(args.model), "hub"
     texts = prompt_texts(kind, args.prompts, args.prompt_len, args.seed)
 
     model, tokenizer = models.load_model(path, quant=args.quant, lora_rank=args.lora_rank,
@@ -586,17 +601,27 @@ def main(argv=None):
     ours = bench_ours_rloo(path, texts, kind, args, device)
     for total, phases in ours:
         rows.append([f"RLOO step {args.prompts}x{args.group}, ours", "", "", "",
-                     f"{total:.2f} s (sample {phases['sample']:.2f} s, train {phases['train']:.2f} s)"])
+                     f"{total:.2f} s (sample {phases['sample']:.2f} s, train {phases['train']:.2f} s; "
+                     f"answers {phases['answer tokens']:.1f} tokens)"])
     notes.append(f"after our RLOO steps: {peak_memory(device)}")
     if not args.skip_trl:
-        trl = bench_trl_rloo(path, texts, args, device)
+        try:
+            trl = bench_trl_rloo(path, texts, kind, args, device)
+        except Exception as e:  # noqa: BLE001  (an optional comparison must not lose the table)
+            trl = f"failed: {type(e).__name__}: {str(e)[:200]}"
         if isinstance(trl, str):
             rows.append([f"RLOO step {args.prompts}x{args.group}, TRL RLOOTrainer", "", "", "", trl])
         else:
-            for t in trl:
-                rows.append([f"RLOO step {args.prompts}x{args.group}, TRL RLOOTrainer", "", "", "", f"{t:.2f} s"])
-            ratio = statistics.mean(t for t in trl) / statistics.mean(t for t, _ in ours)
-            notes.append(f"RLOO step, TRL / ours: {ratio:.2f}x (target >= 1.5x: {'met' if ratio >= 1.5 else 'NOT met'})")
+            for t, length in trl:
+                rows.append([f"RLOO step {args.prompts}x{args.group}, TRL RLOOTrainer", "", "", "",
+                             f"{t:.2f} s (answers {length:.1f} tokens)"])
+            ratio = statistics.mean(t for t, _ in trl) / statistics.mean(t for t, _ in ours)
+            lengths = (statistics.mean(n for _, n in trl),
+                       statistics.mean(p["answer tokens"] for _, p in ours))
+            same_work = abs(lengths[0] - lengths[1]) <= 0.25 * lengths[1]
+            notes.append(f"RLOO step, TRL / ours: {ratio:.2f}x (target >= 1.5x: {'met' if ratio >= 1.5 else 'NOT met'})"
+                         + ("" if same_work else f"; NOT the same work: answers of {lengths[0]:.1f} "
+                            f"tokens (TRL) against {lengths[1]:.1f} (ours)"))
             notes.append(f"after TRL: {peak_memory(device)}")
     if args.metrics:
         phases = soar_phases(args.metrics)

@@ -67,6 +67,11 @@ class Processes:
         """`obj` as process `src` holds it, on every process."""
         return broadcast_object_list([obj], from_process=src)[0] if self.count > 1 else obj
 
+    def on_main(self, fn):
+        """fn() run by the main process alone (it reads or writes the run directory), its
+        result on every process."""
+        return self.broadcast(fn() if self.main else None)
+
     def main_first(self):
         """`with procs.main_first():` the main process of each machine runs the block first (a
         build or download), the others after it, from its cache."""

@@ -208,6 +208,8 @@ def plot_pass_at_k(summary):
 
 
 def fmt(value):
+    if isinstance(value, dict) and "ci95" in value:  # an estimate with its interval
+        return f"{value['mean']:+.3g} [{value['ci95'][0]:+.3g}, {value['ci95'][1]:+.3g}]"
     if isinstance(value, dict) and "mean" in value:  # a statistic over seeds
         return f"{value['mean']:.3g} ± {value.get('sd') or 0:.2g}"
     if isinstance(value, float):
@@ -313,6 +315,10 @@ def write_report(run_dir: Path) -> list[Path]:
             md += paired_md(summary["paired_differences"]) + [""]
         if summary.get("question_analysis"):
             md += ["## Question analysis", ""] + generic_md(summary["question_analysis"]) + [""]
+        if summary.get("teacher_trends"):
+            md += ["## How each teacher's questions change over outer steps",
+                   "", "Per-seed least-squares slope per 10 outer steps: mean [95% t interval] "
+                   "over seeds.", ""] + generic_md(summary["teacher_trends"]) + [""]
     md += ["## Progress", ""] + (progress_md(runs) if runs else ["No metrics.jsonl yet."]) + [""]
     written = []
     with plt.rc_context(STYLE):

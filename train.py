@@ -120,10 +120,10 @@ class Config:
 # by `python bench.py --memory small|paper`: per-layer and logits memory measured on the CPU at
 # the true width, extrapolated to depth (a prediction; no GPU run has confirmed it yet).
 PRESETS = {
-    # The tiny world on a 2-core CPU: all methods and 3 seeds in 31.5 minutes (measured beside other
-    # jobs; 25 without Grounded-T on an idle machine). One copy's
-    # inner loop needs 16 steps of 16 questions to move the hard set (8 gave almost only zero
-    # rewards); student lr 2e-3 was no better; teacher lr 1e-3 wrecked the teacher's arithmetic.
+    # The tiny world on a 2-core CPU: all methods and 3 seeds in 25 minutes (18 with --processes 2).
+    # One copy's inner loop needs 16 steps of 16 questions to move the hard set (8 gave almost
+    # only zero rewards); student lr 2e-3 was no better; teacher lr 1e-3 wrecked the teacher's
+    # arithmetic.
     "tiny": dict(quant="none", chat_template="off", seeds=3,
                  methods="base,soar,hard_only,grounded_t,intrinsic_t,base_t", lora_rank=16, lora_alpha=32,
                  outer_steps=6, g=3, n=16, r=1, q_r=64, inner_steps=16, student_batch=16,
@@ -338,7 +338,7 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
                                           cfg.teacher_warmup)
     state = {"step": 0, "teacher": w.fresh_teacher, "baseline": w.fresh_student, "window": [],
              "n_promotions": 0, "promoted_questions": []}
-    ckpt = procs.broadcast(load_checkpoint(job / "checkpoint.pt") if procs.main else None)
+    ckpt = procs.on_main(lambda: load_checkpoint(job / "checkpoint.pt"))
     if ckpt is not None:
         state = ckpt["state"]
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -352,9 +352,8 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
     for step in bar:
         times, unit = {}, (seed, method, step)
         # 1. g*n valid (question, answer) pairs from the teacher, split into g datasets.
-        pairs, drawn = procs.broadcast(sample_pairs(
-            model, tokenizer, cfg.g * cfg.n, cfg, generators(*unit, "teacher")[0], times)
-            if procs.main else None)
+        pairs, drawn = procs.on_main(lambda: sample_pairs(
+            model, tokenizer, cfg.g * cfg.n, cfg, generators(*unit, "teacher")[0], times))
         for rec in drawn:
             append_jsonl(job / "questions.jsonl", {"step": step, **rec})
         valid_rate = len(pairs) / len(drawn)
@@ -515,9 +514,8 @@ def train_fresh_students(w: World, seed: int, jobs: dict[str, list], seed_dir: P
     procs, names, results = w.procs, list(jobs), {}
     for start in range(0, len(names), procs.count):
         batch = names[start:start + procs.count]
-        saved = procs.broadcast([(load_checkpoint(seed_dir / n / "checkpoint.pt"),
-                                  read_result(seed_dir / n / "result.json")) for n in batch]
-                                if procs.main else None)
+        saved = procs.on_main(lambda: [(load_checkpoint(seed_dir / n / "checkpoint.pt"),
+                                        read_result(seed_dir / n / "result.json")) for n in batch])
         for name, (ckpt, _) in zip(batch, saved):
             forget_unfinished_steps(seed_dir / name, ckpt["step"] if ckpt else 0)
         mine = batch[procs.rank] if procs.rank < len(batch) else None
@@ -544,16 +542,17 @@ def sample_teacher_questions(w: World, teacher: dict, seed: int, name: str, job:
     """`sampled_questions` valid questions from a teacher (Grounded-T, Intrinsic-T, Base-T),
     written by the main process and saved for reuse."""
     path = job / "sampled_questions.jsonl"
-    if not w.procs.main:
-        return w.procs.broadcast(None)
-    if path.exists():
-        return w.procs.broadcast(read_jsonl(path))
-    load_adapter_state(w.model, "teacher", teacher)
-    pairs, _ = sample_pairs(w.model, w.tokenizer, w.cfg.sampled_questions, w.cfg,
-                            generators(seed, name, "questions")[0], {})
-    questions = [{"problem": p["problem"], "answer": p["answer"]} for p in pairs]
-    write_jsonl(path, questions)
-    return w.procs.broadcast(questions)
+
+    def sample_or_read():
+        if path.exists():
+            return read_jsonl(path)
+        load_adapter_state(w.model, "teacher", teacher)
+        pairs, _ = sample_pairs(w.model, w.tokenizer, w.cfg.sampled_questions, w.cfg,
+                                generators(seed, name, "questions")[0], {})
+        questions = [{"problem": p["problem"], "answer": p["answer"]} for p in pairs]
+        write_jsonl(path, questions)
+        return questions
+    return w.procs.on_main(sample_or_read)
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
@@ -591,7 +590,7 @@ def pass_at_k_result(w: World, name: str, seed: int, student: dict | None, sprea
 
 def evaluate(w: World, student: dict | None, name: str, seed: int, job: Path) -> dict:
     """pass@k of one student, spread over the processes; saved, and read back on resume."""
-    result = w.procs.broadcast(read_result(job / "result.json") if w.procs.main else None)
+    result = w.procs.on_main(lambda: read_result(job / "result.json"))
     if result is None:
         result = pass_at_k_result(w, name, seed, student, spread=True)
         atomic_write_text(job / "result.json", json.dumps(result, indent=1))
@@ -604,17 +603,14 @@ def run_seed(w: World, seed: int, run_dir: Path) -> dict:
     methods = cfg.methods.split(",")
     seed_dir = run_dir / f"seed{seed}"
 
-    def sd(name: str) -> Path:  # each stage's folder (made when the stage first writes to it)
-        return seed_dir / name
-
     hard = [(w.hard_train, cfg.fresh_steps)]
     results, jobs = {}, {}
     if "base" in methods:
-        results["base"] = evaluate(w, None, "base", seed, sd("base"))
+        results["base"] = evaluate(w, None, "base", seed, seed_dir / "base")
     if "soar" in methods or "grounded_t" in methods:
-        soar = run_teacher(w, "soar", seed, sd("soar"))
+        soar = run_teacher(w, "soar", seed, seed_dir / "soar")
     if "soar" in methods:
-        results["soar_ps"] = evaluate(w, soar["baseline"], "soar_ps", seed, sd("soar_ps"))
+        results["soar_ps"] = evaluate(w, soar["baseline"], "soar_ps", seed, seed_dir / "soar_ps")
         pq = soar["promoted_questions"]
         jobs["soar_pq"] = ([(pq, cfg.pq_steps)] if pq else []) + hard
     if "hard_only" in methods:
@@ -622,10 +618,10 @@ def run_seed(w: World, seed: int, run_dir: Path) -> dict:
     # Students of questions sampled from a teacher: the trained SOAR teacher (Grounded-T), the
     # intrinsic-reward teacher (Intrinsic-T) and the untrained model (Base-T).
     teachers = {"grounded_t": lambda: soar["teacher"],
-                "intrinsic_t": lambda: run_teacher(w, "intrinsic", seed, sd("intrinsic"))["teacher"],
+                "intrinsic_t": lambda: run_teacher(w, "intrinsic", seed, seed_dir / "intrinsic")["teacher"],
                 "base_t": lambda: w.fresh_teacher}
     for name in [m for m in teachers if m in methods]:
-        questions = sample_teacher_questions(w, teachers[name](), seed, name, sd(name))
+        questions = sample_teacher_questions(w, teachers[name](), seed, name, seed_dir / name)
         if not questions:
             w.say(f"seed {seed} {name}: the teacher wrote no valid question; "
                   "its student trains on the hard set alone")
@@ -680,12 +676,40 @@ def paired_differences(per_seed: dict[int, dict]) -> dict:
         out[f"{a} - {b}"] = row = {}
         for k in runs[0][0]:
             diffs = [pa[k] - pb[k] for pa, pb in runs]
-            stats = mean_sd(diffs)
-            half = (t_quantile(0.975, len(diffs) - 1) * stats["sd"] / math.sqrt(len(diffs))
-                    if len(diffs) > 1 else float("nan"))
-            row[k] = {**stats, "ci95": [stats["mean"] - half, stats["mean"] + half],
-                      "wins": sum(d > 0 for d in diffs)}
+            row[k] = {**mean_ci(diffs), "wins": sum(d > 0 for d in diffs)}
     return out
+
+
+def mean_ci(values: list[float]) -> dict:
+    """mean_sd with a 95% t interval of the mean (NaN from a single value)."""
+    stats = mean_sd(values)
+    half = (t_quantile(0.975, len(values) - 1) * stats["sd"] / math.sqrt(len(values))
+            if len(values) > 1 else float("nan"))
+    return {**stats, "ci95": [stats["mean"] - half, stats["mean"] + half]}
+
+
+# What a teacher writes, logged per outer step: (group, measure) of its metrics rows.
+TREND_MEASURES = (("quality", "stepping_stone"), ("quality", "quick"), ("quality", "correct"),
+                  ("diversity", "vendi"))
+
+
+def teacher_trends(run_dir: Path, seeds) -> dict:
+    """Does a teacher learn? Per teacher (SOAR's, the intrinsic one) and measure, the per-seed
+    least-squares slope over outer steps (per 10 steps), with a 95% t interval over seeds."""
+    trends = {}
+    for method in ("soar", "intrinsic"):
+        runs = [read_jsonl(path) for s in seeds
+                if (path := run_dir / f"seed{s}" / method / "metrics.jsonl").exists()]
+        for group, measure in TREND_MEASURES:
+            slopes = []
+            for rows in runs:
+                points = [(r["step"], r[group][measure]) for r in rows
+                          if measure in (r.get(group) or {})]
+                if len(points) > 1:
+                    slopes.append(10 * statistics.linear_regression(*zip(*points)).slope)
+            if slopes:
+                trends.setdefault(method, {})[f"{measure} / 10 steps"] = mean_ci(slopes)
+    return trends
 
 
 def question_analysis(w: World, run_dir: Path, seeds) -> dict:
@@ -806,7 +830,7 @@ def main(argv: list[str]) -> None:
     table = pass_at_k_table(per_seed)
     summary = {"pass_at_k": table, "paired_differences": paired_differences(per_seed),
                "question_analysis": question_analysis(w, run_dir, seeds),
-               "config": dataclasses.asdict(cfg)}
+               "teacher_trends": teacher_trends(run_dir, seeds), "config": dataclasses.asdict(cfg)}
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     print_table(table)
     print_paired(summary["paired_differences"])

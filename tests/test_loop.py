@@ -85,6 +85,23 @@ def test_paired_differences_pair_seeds_and_count_wins():
     assert "grounded_t - base_t" not in train.paired_differences(per_seed)
 
 
+def test_teacher_trends_are_per_seed_slopes_per_ten_steps(tmp_path):
+    # seed 0's stepping-stone share rises 0.01 a step, seed 1's 0.03; a step without the measure
+    # (no valid pair that step) is left out, not read as zero
+    for seed, rise in ((0, 0.01), (1, 0.03)):
+        rows = [{"step": t, "quality": {"stepping_stone": 0.2 + rise * t}} for t in range(5)]
+        rows.append({"step": 5, "quality": None})
+        path = tmp_path / f"seed{seed}" / "soar" / "metrics.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trends = train.teacher_trends(tmp_path, [0, 1])
+    cell = trends["soar"]["stepping_stone / 10 steps"]
+    assert cell["mean"] == pytest.approx(0.2) and cell["n_seeds"] == 2
+    half = 12.706 * cell["sd"] / 2 ** 0.5
+    assert cell["ci95"] == pytest.approx([0.2 - half, 0.2 + half], abs=1e-3)
+    assert set(trends) == {"soar"}  # no intrinsic teacher in this run
+
+
 # ---- promotion ----------------------------------------------------------------------------------
 
 def test_promote_takes_best_dataset_and_its_median_copy():
@@ -389,13 +406,20 @@ def comparable_run(out) -> dict:
 
 def test_two_processes_give_exactly_the_results_of_one(lm_dir, problem_files, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
+    # g=3 copies on 2 processes; a promotion at every step; the shaped reward's credit for a boxed
+    # answer gives the toy model's students a signal to learn from.
     args = ["--methods", "base,soar,hard_only,grounded_t", "--outer-steps", "2", "--ma-window", "1",
-            "--tau", "-1", "--g", "3"]  # g=3 copies on 2 processes; a promotion at every step
+            "--tau", "-1", "--g", "3", "--group-size", "4", "--reward", "shaped"]
     train.main(_smoke_args(lm_dir, problem_files, one, *args))
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--processes", "2",
                            *_smoke_args(lm_dir, problem_files, two, *args)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    logs = comparable_run(one)["logs"]
+    # Only applied updates make the comparison bite (an unseeded LoRA init, for one, shows only
+    # once a gradient step has used it).
+    assert any(r["student_updates"].get("applied") for r in logs["seed0/soar/metrics.jsonl"])
+    assert all(r["update"] == "applied" for r in logs["seed0/hard_only/metrics.jsonl"])
     assert comparable_run(two) == comparable_run(one)
     assert done.stdout.count("pass@k (%) on the hard test set") == 1  # printed by one process
     assert "2 processes" in done.stdout
@@ -413,7 +437,7 @@ def a_process_runs_with(text: str) -> bool:
 
 def test_a_run_killed_on_two_processes_resumes_on_one_to_the_same_results(lm_dir, problem_files,
                                                                           tmp_path):
-    args = ["--methods", "soar,hard_only", "--outer-steps", "3", "--g", "3"]
+    args = ["--methods", "soar,hard_only", "--outer-steps", "3", "--g", "3", "--reward", "shaped"]
     train.main(_smoke_args(lm_dir, problem_files, tmp_path / "full", *args))
     out = tmp_path / "cut"
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--processes", "2",
@@ -431,7 +455,9 @@ def test_a_run_killed_on_two_processes_resumes_on_one_to_the_same_results(lm_dir
     assert not a_process_runs_with(str(out)), "a process outlived its launcher"
     assert metrics.read_text().count("\n") < 3, "the run finished before it could be killed"
     train.main(["--resume", str(out)])
-    assert comparable_run(out) == comparable_run(tmp_path / "full")
+    full = comparable_run(tmp_path / "full")
+    assert any(r["update"] == "applied" for r in full["logs"]["seed0/hard_only/metrics.jsonl"])
+    assert comparable_run(out) == full
 
 
 def test_a_failing_process_ends_the_run_with_a_message(lm_dir, problem_files, tmp_path):
@@ -463,7 +489,7 @@ def test_resumed_run_matches_an_uninterrupted_one(lm_dir, problem_files, tmp_pat
                                                  interrupted_then_resumed):
     # tau -1 with a window of 1 promotes at every step, so the resumed state holds a promotion.
     args = ["--methods", "soar", "--outer-steps", "2", "--ma-window", "1", "--tau", "-1",
-            "--promotion-extra-steps", "1"]
+            "--promotion-extra-steps", "1", "--reward", "shaped"]
     train.main(_smoke_args(lm_dir, problem_files, tmp_path / "full", *args))
     interrupted_then_resumed(_smoke_args(lm_dir, problem_files, tmp_path / "cut", *args),
                              tmp_path / "cut")
