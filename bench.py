@@ -123,10 +123,14 @@ def prompt_texts(kind: str, n: int, prompt_len: int, seed: int) -> list[str]:
     return [student.student_message(p["problem"]) for p in problems]
 
 
+def uses_chat_template(kind: str, tokenizer) -> bool:
+    return kind == "hub" and tokenizer.chat_template is not None
+
+
 def encode(tokenizer, texts: list[str], kind: str) -> list[list[int]]:
     if kind == "random":
         return [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
-    chat = kind == "hub" and tokenizer.chat_template is not None
+    chat = uses_chat_template(kind, tokenizer)
     return [models.encode_prompt(tokenizer, t, chat_template=chat) for t in texts]
 
 
@@ -302,7 +306,7 @@ def bench_ours_rloo(path, texts, kind, args, device):
 def trl_prompt(text: str, kind: str, tokenizer):
     """A prompt as TRL's RLOOTrainer takes it, so that TRL tokenizes it to exactly our prompt's
     ids (`encode`): a conversation when we use the chat template, else the same framed text."""
-    if kind == "hub" and tokenizer.chat_template is not None:
+    if uses_chat_template(kind, tokenizer):
         return [{"role": "user", "content": text}]
     return models.plain_frame(text) if kind == "tiny" else text
 
