@@ -6,14 +6,19 @@ or PeftModel (whatever adapter is active, or inside `with model.disable_adapter(
 
 Where the speed comes from, against `model.generate` (see bench.py for the measurements):
 - a prompt is prefilled once per group and its KV cache copied to its n rows;
-- a row leaves the batch the step it emits EOS, so late steps only pay for live rows;
-- the loop does only what sampling needs: no logits processors, no stopping-criteria objects.
+- a row leaves the batch once it emits EOS, so late steps only pay for live rows (finished rows
+  leave in steps of 8: `rows_to_keep`);
+- the loop does only what sampling needs: no logits processors, no stopping-criteria objects;
+- on a CPU, a large output head is computed as W @ h^T (`streamed_head`), which a shrinking
+  batch does not slow down.
 A KV cache preallocated for the whole rollout was measured and dropped: with row dropping, its
 full-capacity copies cost more than DynamicCache's appends (measured with bench.py).
 Prompts are left padded and every forward gets explicit position ids, so a row's tokens see the
 same positions as they would alone. A batch that runs out of GPU memory is retried in halves.
 """
+import types
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -91,25 +96,26 @@ def sample(model, prompt_ids: list[list[int]], *, n: int = 1, max_new_tokens: in
     bar = tqdm(total=len(prompt_of_row), desc=progress, disable=progress is None)
     start = 0
     try:
-        while start < len(prompt_of_row):
-            chunk = prompt_of_row[start:start + batch_size]
-            # An out-of-memory chunk is retried in halves from the same generator state: no row is lost.
-            state = generator.get_state() if generator is not None else None
-            try:
-                c, lp, f = sample_chunk(model, prompt_ids, chunk, max_new_tokens, temperature,
-                                        eos_token_ids, pad_token_id, generator)
-            except torch.OutOfMemoryError:
-                c = OOM  # halved outside the handler, once its traceback's tensors are freed
-            if c is OOM:
-                batch_size = halve_after_oom(min(batch_size, len(chunk)), "sampling", "--sample-batch")
-                if state is not None:
-                    generator.set_state(state)
-                continue
-            start += len(chunk)
-            completions += c
-            logprobs += lp
-            finished += f
-            bar.update(len(chunk))
+        with streamed_head(model):
+            while start < len(prompt_of_row):
+                chunk = prompt_of_row[start:start + batch_size]
+                # An out-of-memory chunk is retried in halves from the same generator state: no row is lost.
+                state = generator.get_state() if generator is not None else None
+                try:
+                    c, lp, f = sample_chunk(model, prompt_ids, chunk, max_new_tokens, temperature,
+                                            eos_token_ids, pad_token_id, generator)
+                except torch.OutOfMemoryError:
+                    c = OOM  # halved outside the handler, once its traceback's tensors are freed
+                if c is OOM:
+                    batch_size = halve_after_oom(min(batch_size, len(chunk)), "sampling", "--sample-batch")
+                    if state is not None:
+                        generator.set_state(state)
+                    continue
+                start += len(chunk)
+                completions += c
+                logprobs += lp
+                finished += f
+                bar.update(len(chunk))
     finally:
         bar.close()
         if was_training:
@@ -118,6 +124,39 @@ def sample(model, prompt_ids: list[list[int]], *, n: int = 1, max_new_tokens: in
 
 
 OOM = object()  # marks a batch that ran out of memory
+
+
+def streamed_linear(head: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """head(x) computed as (W @ x^T)^T, rows padded to a multiple of 8."""
+    rows = x.reshape(-1, x.shape[-1])
+    padded = torch.cat([rows, rows.new_zeros(-len(rows) % 8, rows.shape[1])])
+    out = (head.weight @ padded.T)[:, :len(rows)].T.contiguous()
+    if head.bias is not None:
+        out += head.bias
+    return out.reshape(*x.shape[:-1], -1)
+
+
+@contextmanager
+def streamed_head(model):
+    """While sampling on a CPU, the output head computes W @ h^T instead of h @ W^T.
+
+    Decoding gives the head a few rows at a time, and the CPU's matrix product for h @ W^T with a
+    wide W is up to 3x slower at some row counts than at others: on SmolLM2 (W 49152 x 576, 2
+    threads) a step's head took 19 ms at 8 rows and 38 ms at 7, so the first finished row made
+    the sampler slower than `generate`, which keeps all rows. W @ h^T, padded to a multiple of 8
+    rows, streams W once whatever the row count. Only for a plain nn.Linear head too large for the
+    CPU's caches (a small head is fast either way); training's forwards keep the model's own head.
+    """
+    head = model.get_output_embeddings()
+    if (model_device(model).type != "cpu" or type(head) is not torch.nn.Linear
+            or head.weight.numel() < 2 ** 22):
+        yield
+        return
+    head.forward = types.MethodType(streamed_linear, head)
+    try:
+        yield
+    finally:
+        del head.forward
 
 
 def halve_after_oom(batch: int, what: str, flag: str) -> int:
@@ -155,21 +194,28 @@ def sample_chunk(model, prompt_ids, prompt_of_row, max_new_tokens, temperature, 
     token_logprobs = torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=device)
     lengths = torch.full((rows,), max_new_tokens, dtype=torch.long, device=device)
     live = torch.arange(rows, device=device)  # which chunk row each batch row is
+    decoding = torch.ones(rows, dtype=torch.bool, device=device)  # False: finished, kept as a passenger
     eos = torch.tensor(eos_token_ids, device=device)
     for step in range(max_new_tokens):
-        token = draw(logits, temperature, generator)
-        tokens[live, step] = token
-        token_logprobs[live, step] = torch.log_softmax(logits.float(), -1).gather(-1, token[:, None]).squeeze(-1)
+        # Passengers draw nothing, so a seed gives the same rollouts whichever rows are aboard.
+        token = torch.full_like(live, pad_token_id)
+        token[decoding] = draw(logits[decoding], temperature, generator)
+        tokens[live[decoding], step] = token[decoding]
+        token_logprobs[live[decoding], step] = torch.log_softmax(
+            logits[decoding].float(), -1).gather(-1, token[decoding, None]).squeeze(-1)
         if step == max_new_tokens - 1:
             break
-        done = torch.isin(token, eos)
+        done = decoding & torch.isin(token, eos)
         if done.any():
             lengths[live[done]] = step + 1
-            keep = (~done).nonzero().squeeze(-1)
+            decoding &= ~done
+            keep = rows_to_keep(decoding)
             if len(keep) == 0:
                 break
-            cache.batch_select_indices(keep)
-            live, token, mask, next_position = live[keep], token[keep], mask[keep], next_position[keep]
+            if len(keep) < len(decoding):
+                cache.batch_select_indices(keep)
+                live, token, mask, next_position = live[keep], token[keep], mask[keep], next_position[keep]
+                decoding = decoding[keep]
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position[:, None],
                     cache=cache, use_cache=True)
@@ -181,6 +227,20 @@ def sample_chunk(model, prompt_ids, prompt_of_row, max_new_tokens, temperature, 
     logprobs = [token_logprobs[r, :lengths[r]].clone() for r in range(rows)]
     finished = [c[-1] in eos_token_ids for c in completions]
     return completions, logprobs, finished
+
+
+def rows_to_keep(decoding: torch.Tensor) -> torch.Tensor:
+    """Batch rows to decode on: the rows still decoding, plus as many finished ones as bring the
+    batch to a multiple of 8 (never more than it has).
+
+    A finished row leaves the batch so that later steps skip its work, but only in steps of 8
+    rows: on a CPU a matrix product with 7 rows took longer than with 8 (20% in a layer of
+    SmolLM2, 2x in its output head), so one row finishing early made a step slower, not faster.
+    """
+    n = int(decoding.sum())
+    width = min(len(decoding), -(-n // 8) * 8)
+    passengers = (~decoding).nonzero().squeeze(-1)[:width - n]
+    return torch.cat([decoding.nonzero().squeeze(-1), passengers]).sort().values
 
 
 def completion_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[list[int]],

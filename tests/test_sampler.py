@@ -60,6 +60,17 @@ def qwen2(tokenizer, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def wide_llama(tokenizer, tmp_path_factory):
+    """An output head of 16384 x 256 = 2**22 weights: large enough for sampling on a CPU to stream it."""
+    torch.manual_seed(2)
+    config = LlamaConfig(vocab_size=16384, hidden_size=256, intermediate_size=256, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    return save_and_load(LlamaForCausalLM(config), tokenizer, tmp_path_factory.mktemp("wide_llama"))
+
+
+@pytest.fixture(scope="module")
 def prompts(tokenizer):
     return [tokenizer(p, add_special_tokens=True)["input_ids"] for p in PROMPTS]
 
@@ -86,31 +97,64 @@ def mid_sequence_token(rollouts):
     return rollouts.completion_ids[0][len(rollouts.completion_ids[0]) // 2]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "wide_llama"])
 def test_greedy_equals_generate_on_ragged_prompts(arch, request, tokenizer, prompts):
     model = request.getfixturevalue(arch)
     eos = [tokenizer.eos_token_id]
     first = greedy(model, prompts, tokenizer, 16, eos)
     assert first.completion_ids == generate_greedy(model, prompts, tokenizer, 16, eos)
-    # Now with an EOS that rows hit at different steps, so rows leave the batch early.
+    # Now with an EOS that rows hit at different steps, so rows leave the batch early (in a batch
+    # of more than 8 rows, so that some leave it and some stay aboard as passengers).
     eos = [mid_sequence_token(first)]
-    early = greedy(model, prompts, tokenizer, 16, eos)
+    early = greedy(model, prompts * 3, tokenizer, 16, eos)
     assert any(early.finished) and min(map(len, early.completion_ids)) < 16
-    assert early.completion_ids == generate_greedy(model, prompts, tokenizer, 16, eos)
+    assert early.completion_ids == generate_greedy(model, prompts * 3, tokenizer, 16, eos)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "wide_llama"])
 def test_sampled_logprobs_equal_completion_logprobs(arch, request, tokenizer, prompts):
     model = request.getfixturevalue(arch)
     r = sampler.sample(model, prompts, n=3, max_new_tokens=12, temperature=1.0,
-                       eos_token_ids=list(range(20, 60)), pad_token_id=tokenizer.pad_token_id,
-                       generator=torch.Generator().manual_seed(0))
+                       eos_token_ids=list(range(0, model.config.vocab_size, 8)),
+                       pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0))
     assert len({len(c) for c in r.completion_ids}) > 1, "lengths should vary in this test"
     logp, mask = sampler.completion_logprobs(model, r.prompt_ids, r.completion_ids, tokenizer.pad_token_id)
     assert mask.sum(-1).tolist() == [len(c) for c in r.completion_ids]
     for row, lp in enumerate(r.logprobs):
         assert lp.dtype == torch.float32
         torch.testing.assert_close(logp[row, :len(lp)], lp, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 9])
+def test_streamed_linear_gives_the_head_s_own_logits(rows):
+    head = torch.nn.Linear(32, 48)
+    x = torch.randn(rows, 5, 32)
+    torch.testing.assert_close(sampler.streamed_linear(head, x), head(x))
+
+
+def test_sampling_streams_a_wide_head_only_while_it_samples(wide_llama, llama, tokenizer, prompts, monkeypatch):
+    calls = []
+    monkeypatch.setattr(sampler, "streamed_linear", lambda head, x: calls.append(x.shape) or head.weight.new_zeros(
+        *x.shape[:-1], head.out_features))
+    greedy(llama, prompts, tokenizer, 4, [tokenizer.eos_token_id])
+    assert calls == []  # a small head is left alone
+    greedy(wide_llama, prompts, tokenizer, 4, [tokenizer.eos_token_id])
+    assert len(calls) == 4  # the prefill and three decoding steps
+    head = wide_llama.get_output_embeddings()
+    assert "forward" not in vars(head)  # the model's own head is back
+    assert head(torch.ones(1, 256)).abs().sum() > 0
+
+
+@pytest.mark.parametrize("decoding, kept", [
+    ([1] * 10, list(range(10))),                     # nothing finished: all rows stay
+    ([1, 0] * 5, [0, 1, 2, 3, 4, 5, 6, 8]),         # 5 decode: the first 3 finished ride along
+    ([0] * 9 + [1], [0, 1, 2, 3, 4, 5, 6, 9]),       # 1 decodes: 8 rows
+    ([0] * 16 + [1] * 9, list(range(7)) + list(range(16, 25))),  # 9 decode: 16 rows
+    ([1, 0, 1], [0, 1, 2]),                          # a batch under 8 rows keeps every row
+    ([0, 0, 0], []),                                 # all finished: nothing left to decode
+])
+def test_finished_rows_leave_the_batch_in_steps_of_eight(decoding, kept):
+    assert sampler.rows_to_keep(torch.tensor(decoding, dtype=torch.bool)).tolist() == kept
 
 
 def test_rows_are_grouped_by_prompt_and_share_its_prefill(llama, tokenizer, prompts):
