@@ -1,6 +1,7 @@
 """Pins the tiny world: the exact checker, the generator's difficulty, the student working and the
 teacher outputs of the corpus, the tokenizer round trip, the cache key, and the save/load path of
 the tiny model (built here with toy settings; the real build is minutes, too slow for tests)."""
+import json
 import random
 import re
 
@@ -215,3 +216,22 @@ def test_toy_build_saves_a_loadable_deterministic_model(tmp_path, monkeypatch):
     for (name, p), (_, q) in zip(model.state_dict().items(), rebuilt.state_dict().items()):
         assert torch.equal(p, q), name
     assert tiny_model.tiny_model_path(seed=0, progress=False) == path  # cached: no rebuild
+
+
+def test_teacher_check_splits_each_step_s_valid_pairs_into_datasets_as_training_does(tmp_path):
+    from tiny.probes import dataset_stones_and_rewards
+    stone, plain, invalid = ("Quickly, compute 12+30.", "42"), ("Compute 12+30.", "42"), None
+    # step 0: datasets [stone, stone] and [plain, plain] (the invalid sample is skipped);
+    # step 1: [stone, plain] and [plain, plain]
+    steps = {0: [stone, invalid, stone, plain, plain], 1: [stone, plain, plain, plain]}
+    with open(tmp_path / "questions.jsonl", "w") as f:
+        for step, pairs in steps.items():
+            for pair in pairs:
+                row = {"step": step, "valid": pair is not None}
+                if pair:
+                    row |= {"problem": pair[0], "answer": pair[1]}
+                f.write(json.dumps(row) + "\n")
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        for step, rewards in ((0, [0.2, -0.2]), (1, [0.1, 0.0])):
+            f.write(json.dumps({"step": step, "dataset_rewards": rewards}) + "\n")
+    assert dataset_stones_and_rewards(tmp_path, n=2) == [(1.0, 0.2), (0.0, -0.2), (0.5, 0.1), (0.0, 0.0)]

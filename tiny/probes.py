@@ -2,27 +2,36 @@
 imports this file.
 
     python -m tiny.probes
+    python -m tiny.probes runs/RUN      # what a finished run's SOAR teachers learned
+    python -m tiny.probes oracle STEPS [train.py flags]   # can the teacher learn from a perfect reward?
 
-prints the base model's accuracy by phrasing and length, the hard set, whether short "quickly"
-sums are stepping stones to it (accuracy after a short supervised fine-tune on them, against one
-on plain sums: `main`), and what SOAR's teacher reward is made of (one student copy's RLOO inner
-loop on stepping stones, plain sums and the base teacher's questions: `inner_loop_check`).
+The first prints the base model's accuracy by phrasing and length, the hard set, whether short
+"quickly" sums are stepping stones to it (accuracy after a short supervised fine-tune on them,
+against one on plain sums: `main`), and what SOAR's teacher reward is made of (one student copy's
+RLOO inner loop on stepping stones, plain sums and the base teacher's questions:
+`inner_loop_check`). The second reads a run directory (`teacher_check`); the third trains the
+teacher alone on a reward with no student noise in it (`oracle_teacher`).
 """
 import copy
 import json
+import math
 import random
+import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import student
 import train
-from models import adapter_state, load_adapter_state, load_model
+from models import activate, adapter_state, encode_prompt, load_adapter_state, load_model, make_optimizer
 from rewards import extract_boxed
 from sampler import decode, sample
 from student import encode_problems, greedy_accuracy, train_student
-from teacher import sample_pairs
+from teacher import TEACHER_INSTRUCTION, sample_pairs, teacher_update
 from tiny import world
 from tiny.model import HARD, batch_tensors, encode_example, hard_dir, tiny_hard_set, tiny_model_path
 
@@ -156,6 +165,101 @@ def inner_loop_check(seed: int = 0, copies: int = 2) -> None:
         print(f"  {name}: " + ", ".join(results))
 
 
+def p_quickly(model, tokenizer) -> float:
+    """The teacher's probability of opening its question with "Quickly, compute" rather than
+    "Compute" (the tiny tokenizer has one token for each): the one decision that makes a
+    question a stepping stone or not, read from the logits, free of sampling noise."""
+    prompt = encode_prompt(tokenizer, TEACHER_INSTRUCTION, False)
+    ids = torch.tensor([prompt + tokenizer(" <question>", add_special_tokens=False)["input_ids"]])
+    vocab = tokenizer.get_vocab()  # byte-level BPE: \u0120 is a space
+    quick, plain = (vocab[token] for token in ("Quickly,\u0120compute\u0120", "Compute\u0120"))
+    with torch.no_grad():
+        p = model(ids).logits[0, -1].softmax(-1)
+    return (p[quick] / (p[quick] + p[plain])).item()
+
+
+def dataset_stones_and_rewards(job: Path, n: int) -> list[tuple[float, float]]:
+    """(share of stepping stones, teacher reward) of every dataset of one SOAR job: dataset k of
+    a step is valid pairs k*n..(k+1)*n of that step, as train.py splits them."""
+    rewards = {r["step"]: r["dataset_rewards"] for r in map(json.loads, open(job / "metrics.jsonl"))}
+    questions = [json.loads(line) for line in open(job / "questions.jsonl")]
+    rows = []
+    for step, dataset_rewards in rewards.items():
+        valid = [q for q in questions if q["step"] == step and q["valid"]]
+        for k, reward in enumerate(dataset_rewards):
+            data = valid[k * n:(k + 1) * n]
+            stones = sum(world.classify(q["problem"], q["answer"])["stepping_stone"] for q in data)
+            rows.append((stones / len(data), reward))
+    return rows
+
+
+def teacher_check(run_dir: Path) -> None:
+    """Did a run's SOAR teachers learn? Whether a dataset's reward tracks its stepping stones
+    (the signal the teacher learns from), and the final teachers' p_quickly against the untrained
+    model's (whether it learned anything from that signal)."""
+    cfg = json.loads((run_dir / "config.json").read_text())
+    jobs = sorted(run_dir.glob("seed*/soar"))
+    if cfg["model"] != "tiny" or not jobs:
+        raise SystemExit(f"{run_dir}: not a tiny-world run with SOAR jobs (model {cfg['model']!r}, "
+                         f"{len(jobs)} seed*/soar folders)")
+    rows = [row for job in jobs for row in dataset_stones_and_rewards(job, cfg["n"])]
+    stones, rewards = zip(*rows)
+    rich = [r for s, r in rows if s >= 0.25]
+    poor = [r for s, r in rows if s <= 1 / 16]
+    print(f"{run_dir}: {len(rows)} datasets; stepping-stone share vs reward: r = "
+          f"{statistics.correlation(stones, rewards):.2f}; mean reward {statistics.mean(rewards):+.3f} "
+          f"({statistics.mean(rich):+.3f} with >= 25% stepping stones, {len(rich)} datasets; "
+          f"{statistics.mean(poor):+.3f} with <= 1/16, {len(poor)})")
+    path = tiny_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    print(f"p(\"Quickly\") of the teacher's question: untrained {p_quickly(model, tokenizer):.4f}")
+    for job in jobs:
+        if not (job / "adapters" / "teacher" / "adapter_config.json").exists():
+            print(f"  {job.parent.name}: no final teacher yet (the job has not finished)")
+            continue
+        teacher = PeftModel.from_pretrained(model, str(job / "adapters" / "teacher")).eval()
+        print(f"  {job.parent.name} final teacher: {p_quickly(teacher, tokenizer):.4f}")
+        model = teacher.unload()
+
+
+def oracle_teacher(steps: int, flags: list[str], seed: int = 0) -> None:
+    """SOAR's teacher update (tiny preset: g datasets of n questions, RLOO across datasets, the
+    same optimizer and schedule) with the reward replaced by each dataset's exact share of
+    stepping stones: the best signal the students could give. How far p_quickly and the
+    stepping-stone share move says how many outer steps the teacher needs to learn from a signal
+    this clean; the real one is noisier (`teacher_check`). `flags` are train.py's (--teacher-lr,
+    --g, --n, --kl-coef, ...)."""
+    cfg, _, _ = train.parse_config(flags + ["--outer-steps", str(steps)])
+    torch.set_num_threads(cfg.threads)
+    model, tokenizer = load_model(str(tiny_model_path()), "none", cfg.lora_rank, cfg.lora_alpha)
+    optimizer, scheduler = make_optimizer(model, "teacher", cfg.teacher_lr, steps, cfg.teacher_warmup)
+    generator = torch.Generator().manual_seed(seed)
+    print(f"oracle reward, {steps} steps, teacher lr {cfg.teacher_lr}, g {cfg.g} x n {cfg.n}, "
+          f"KL {cfg.kl_coef}")
+    shares = []
+    for step in range(steps + 1):
+        if step % 10 == 0:
+            activate(model, "teacher")
+            recent = [statistics.mean(col) for col in zip(*shares[-10:])] if shares else [math.nan] * 2
+            print(f"  step {step:3d}: p(Quickly) {p_quickly(model, tokenizer):.4f}; last 10 steps' "
+                  f"questions: stepping stones {recent[0]:.3f}, right answers {recent[1]:.3f}", flush=True)
+        if step == steps:
+            break
+        pairs, _ = sample_pairs(model, tokenizer, cfg.g * cfg.n, cfg, generator, {})
+        datasets = [pairs[k * cfg.n:(k + 1) * cfg.n] for k in range(cfg.g)]
+        rewards = [statistics.mean(world.classify(p["problem"], p["answer"])["stepping_stone"]
+                                   for p in data) for data in datasets]
+        shares.append((statistics.mean(rewards), statistics.mean(
+            world.check_question(p["problem"], p["answer"])["correct"] for p in pairs)))
+        teacher_update(model, tokenizer, optimizer, scheduler, datasets, rewards, cfg)
+
+
 if __name__ == "__main__":
-    main()
-    inner_loop_check()
+    if len(sys.argv) > 1 and sys.argv[1] == "oracle":
+        oracle_teacher(int(sys.argv[2]), sys.argv[3:])
+    elif len(sys.argv) > 1:
+        teacher_check(Path(sys.argv[1]))
+    else:
+        main()
+        inner_loop_check()
