@@ -198,11 +198,13 @@ def sample_chunk(model, prompt_ids, prompt_of_row, max_new_tokens, temperature, 
     eos = torch.tensor(eos_token_ids, device=device)
     for step in range(max_new_tokens):
         # Passengers draw nothing, so a seed gives the same rollouts whichever rows are aboard.
+        decoding_logits, decoding_rows = logits[decoding], live[decoding]
+        drawn = draw(decoding_logits, temperature, generator)
+        tokens[decoding_rows, step] = drawn
+        token_logprobs[decoding_rows, step] = torch.log_softmax(
+            decoding_logits.float(), -1).gather(-1, drawn[:, None]).squeeze(-1)
         token = torch.full_like(live, pad_token_id)
-        token[decoding] = draw(logits[decoding], temperature, generator)
-        tokens[live[decoding], step] = token[decoding]
-        token_logprobs[live[decoding], step] = torch.log_softmax(
-            logits[decoding].float(), -1).gather(-1, token[decoding, None]).squeeze(-1)
+        token[decoding] = drawn
         if step == max_new_tokens - 1:
             break
         done = decoding & torch.isin(token, eos)

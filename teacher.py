@@ -80,6 +80,15 @@ def sample_pairs(model, tokenizer, count: int, cfg, generator, times) -> tuple[l
     return pairs[:count], records
 
 
+def split_datasets(pairs: list[dict], g: int) -> list[list[dict]] | None:
+    """The g datasets X_1..X_g of one step: equal consecutive slices of its valid pairs (a few
+    short of g*n when rejection sampling ran out of rounds); None with fewer pairs than datasets."""
+    if len(pairs) < g:
+        return None
+    size = len(pairs) // g
+    return [pairs[k * size:(k + 1) * size] for k in range(g)]
+
+
 def teacher_update(model, tokenizer, optimizer, scheduler, datasets: list[list[dict]],
                    dataset_rewards: list[float], cfg) -> dict:
     """RLOO across the g datasets: every sample of X_k gets advantage R_k - mean(R_other)."""

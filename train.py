@@ -39,7 +39,7 @@ from run_dir import (append_jsonl, atomic_save, atomic_write_text, external_logg
                      forget_unfinished_steps, load_checkpoint, prepare_run_dir, read_jsonl,
                      write_jsonl, write_nothing)
 from student import answer, correct_counts, greedy_accuracy, greedy_correct, rloo_step, train_student
-from teacher import question_diversity, sample_pairs, teacher_update
+from teacher import question_diversity, sample_pairs, split_datasets, teacher_update
 from tiny.model import tiny_hard_set, tiny_model_path
 from tiny.world import classify
 
@@ -357,12 +357,9 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
         for rec in drawn:
             append_jsonl(job / "questions.jsonl", {"step": step, **rec})
         valid_rate = len(pairs) / len(drawn)
-        if len(pairs) < cfg.g:
+        datasets = split_datasets(pairs, cfg.g)
+        if datasets is None:
             w.say(f"step {step}: only {len(pairs)} valid teacher pairs; no update this step")
-            datasets = None
-        else:
-            size = len(pairs) // cfg.g
-            datasets = [pairs[k * size:(k + 1) * size] for k in range(cfg.g)]
 
         # 2-3. the reward of each dataset
         q_r = generators(*unit, "q_r")[1].sample(w.hard_train, min(cfg.q_r, len(w.hard_train)))

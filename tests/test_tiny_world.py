@@ -234,4 +234,4 @@ def test_teacher_check_splits_each_step_s_valid_pairs_into_datasets_as_training_
     with open(tmp_path / "metrics.jsonl", "w") as f:
         for step, rewards in ((0, [0.2, -0.2]), (1, [0.1, 0.0])):
             f.write(json.dumps({"step": step, "dataset_rewards": rewards}) + "\n")
-    assert dataset_stones_and_rewards(tmp_path, n=2) == [(1.0, 0.2), (0.0, -0.2), (0.5, 0.1), (0.0, 0.0)]
+    assert dataset_stones_and_rewards(tmp_path, g=2, n=2) == [(1.0, 0.2), (0.0, -0.2), (0.5, 0.1), (0.0, 0.0)]

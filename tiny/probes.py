@@ -31,7 +31,8 @@ from models import activate, adapter_state, encode_prompt, load_adapter_state, l
 from rewards import extract_boxed
 from sampler import decode, sample
 from student import encode_problems, greedy_accuracy, train_student
-from teacher import TEACHER_INSTRUCTION, sample_pairs, teacher_update
+from run_dir import complete_rows
+from teacher import TEACHER_INSTRUCTION, sample_pairs, split_datasets, teacher_update
 from tiny import world
 from tiny.model import HARD, batch_tensors, encode_example, hard_dir, tiny_hard_set, tiny_model_path
 
@@ -178,16 +179,18 @@ def p_quickly(model, tokenizer) -> float:
     return (p[quick] / (p[quick] + p[plain])).item()
 
 
-def dataset_stones_and_rewards(job: Path, n: int) -> list[tuple[float, float]]:
-    """(share of stepping stones, teacher reward) of every dataset of one SOAR job: dataset k of
-    a step is valid pairs k*n..(k+1)*n of that step, as train.py splits them."""
-    rewards = {r["step"]: r["dataset_rewards"] for r in map(json.loads, open(job / "metrics.jsonl"))}
-    questions = [json.loads(line) for line in open(job / "questions.jsonl")]
+def dataset_stones_and_rewards(job: Path, g: int, n: int) -> list[tuple[float, float]]:
+    """(share of stepping stones, teacher reward) of every dataset of one SOAR job, its datasets
+    rebuilt from the step's logged samples as the loop built them: the first g*n valid ones,
+    `split_datasets`. Reads logs a running job may still be appending to."""
+    valid = {}
+    for q in complete_rows(job / "questions.jsonl"):
+        if q["valid"]:
+            valid.setdefault(q["step"], []).append(q)
     rows = []
-    for step, dataset_rewards in rewards.items():
-        valid = [q for q in questions if q["step"] == step and q["valid"]]
-        for k, reward in enumerate(dataset_rewards):
-            data = valid[k * n:(k + 1) * n]
+    for metrics in complete_rows(job / "metrics.jsonl"):
+        datasets = split_datasets(valid[metrics["step"]][:g * n], g)
+        for data, reward in zip(datasets, metrics["dataset_rewards"]):
             stones = sum(world.classify(q["problem"], q["answer"])["stepping_stone"] for q in data)
             rows.append((stones / len(data), reward))
     return rows
@@ -202,7 +205,7 @@ def teacher_check(run_dir: Path) -> None:
     if cfg["model"] != "tiny" or not jobs:
         raise SystemExit(f"{run_dir}: not a tiny-world run with SOAR jobs (model {cfg['model']!r}, "
                          f"{len(jobs)} seed*/soar folders)")
-    rows = [row for job in jobs for row in dataset_stones_and_rewards(job, cfg["n"])]
+    rows = [row for job in jobs for row in dataset_stones_and_rewards(job, cfg["g"], cfg["n"])]
     stones, rewards = zip(*rows)
     rich = [r for s, r in rows if s >= 0.25]
     poor = [r for s, r in rows if s <= 1 / 16]
@@ -247,7 +250,7 @@ def oracle_teacher(steps: int, flags: list[str], seed: int = 0) -> None:
         if step == steps:
             break
         pairs, _ = sample_pairs(model, tokenizer, cfg.g * cfg.n, cfg, generator, {})
-        datasets = [pairs[k * cfg.n:(k + 1) * cfg.n] for k in range(cfg.g)]
+        datasets = split_datasets(pairs, cfg.g)
         rewards = [statistics.mean(world.classify(p["problem"], p["answer"])["stepping_stone"]
                                    for p in data) for data in datasets]
         shares.append((statistics.mean(rewards), statistics.mean(
