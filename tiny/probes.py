@@ -207,12 +207,14 @@ def teacher_check(run_dir: Path) -> None:
                          f"{len(jobs)} seed*/soar folders)")
     rows = [row for job in jobs for row in dataset_stones_and_rewards(job, cfg["g"], cfg["n"])]
     stones, rewards = zip(*rows)
+    mean = lambda xs: f"{statistics.mean(xs):+.3f}" if xs else "none"
+    constant = len(set(stones)) == 1 or len(set(rewards)) == 1  # no correlation to speak of
+    corr = "undefined (one side is constant)" if constant else f"{statistics.correlation(stones, rewards):.2f}"
     rich = [r for s, r in rows if s >= 0.25]
     poor = [r for s, r in rows if s <= 1 / 16]
-    print(f"{run_dir}: {len(rows)} datasets; stepping-stone share vs reward: r = "
-          f"{statistics.correlation(stones, rewards):.2f}; mean reward {statistics.mean(rewards):+.3f} "
-          f"({statistics.mean(rich):+.3f} with >= 25% stepping stones, {len(rich)} datasets; "
-          f"{statistics.mean(poor):+.3f} with <= 1/16, {len(poor)})")
+    print(f"{run_dir}: {len(rows)} datasets; stepping-stone share vs reward: r = {corr}; mean reward "
+          f"{mean(rewards)} ({mean(rich)} with >= 25% stepping stones, {len(rich)} datasets; "
+          f"{mean(poor)} with <= 1/16, {len(poor)})")
     path = tiny_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
