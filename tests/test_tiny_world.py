@@ -235,3 +235,13 @@ def test_teacher_check_splits_each_step_s_valid_pairs_into_datasets_as_training_
         for step, rewards in ((0, [0.2, -0.2]), (1, [0.1, 0.0])):
             f.write(json.dumps({"step": step, "dataset_rewards": rewards}) + "\n")
     assert dataset_stones_and_rewards(tmp_path, g=2, n=2) == [(1.0, 0.2), (0.0, -0.2), (0.5, 0.1), (0.0, 0.0)]
+
+
+def test_oracle_flags_are_taken_out_of_the_train_flags_and_checked():
+    from tiny.probes import take_flag
+    noise = lambda flags: take_flag(flags, "--noise", float, 0.0, lambda x: x >= 0, "an SD >= 0")
+    assert noise(["--g", "8"]) == (0.0, ["--g", "8"])
+    assert noise(["--g", "8", "--noise", "0.23", "--n", "4"]) == (0.23, ["--g", "8", "--n", "4"])
+    for bad in (["--noise"], ["--noise", "loud"], ["--noise", "-1"], ["--noise", "nan"]):
+        with pytest.raises(SystemExit, match="--noise"):
+            noise(bad)

@@ -3,14 +3,17 @@ imports this file.
 
     python -m tiny.probes
     python -m tiny.probes runs/RUN      # what a finished run's SOAR teachers learned
-    python -m tiny.probes oracle STEPS [train.py flags]   # can the teacher learn from a perfect reward?
+    python -m tiny.probes oracle STEPS [--noise SD] [--seed S] [train.py flags]   # can the teacher learn from a perfect reward?
+    python -m tiny.probes repeat runs/RUN [DATASETS COPIES]   # how much of the reward is chance?
 
 The first prints the base model's accuracy by phrasing and length, the hard set, whether short
 "quickly" sums are stepping stones to it (accuracy after a short supervised fine-tune on them,
 against one on plain sums: `main`), and what SOAR's teacher reward is made of (one student copy's
 RLOO inner loop on stepping stones, plain sums and the base teacher's questions:
 `inner_loop_check`). The second reads a run directory (`teacher_check`); the third trains the
-teacher alone on a reward with no student noise in it (`oracle_teacher`).
+teacher alone on a reward with no student in it, exact or with noise added (`oracle_teacher`);
+the fourth retrains student copies on a run's datasets to split its reward into what the
+dataset decides and what is chance (`reward_repeatability`).
 """
 import copy
 import json
@@ -32,7 +35,7 @@ from rewards import extract_boxed
 from sampler import decode, sample
 from student import encode_problems, greedy_accuracy, train_student
 from run_dir import complete_rows
-from teacher import TEACHER_INSTRUCTION, sample_pairs, split_datasets, teacher_update
+from teacher import TEACHER_INSTRUCTION, sample_pairs, split_datasets, teacher_update, vendi_score
 from tiny import world
 from tiny.model import HARD, batch_tensors, encode_example, hard_dir, tiny_hard_set, tiny_model_path
 
@@ -179,18 +182,23 @@ def p_quickly(model, tokenizer) -> float:
     return (p[quick] / (p[quick] + p[plain])).item()
 
 
-def dataset_stones_and_rewards(job: Path, g: int, n: int) -> list[tuple[float, float]]:
-    """(share of stepping stones, teacher reward) of every dataset of one SOAR job, its datasets
-    rebuilt from the step's logged samples as the loop built them: the first g*n valid ones,
-    `split_datasets`. Reads logs a running job may still be appending to."""
+def logged_datasets(job: Path, g: int, n: int) -> dict[int, list[list[dict]]]:
+    """Each logged step's datasets of one SOAR job, rebuilt from its logged samples as the loop
+    built them: the first g*n valid ones, `split_datasets`. Reads logs a running job may still be
+    appending to."""
     valid = {}
     for q in complete_rows(job / "questions.jsonl"):
         if q["valid"]:
             valid.setdefault(q["step"], []).append(q)
+    return {step: split_datasets(pairs[:g * n], g) for step, pairs in valid.items()}
+
+
+def dataset_stones_and_rewards(job: Path, g: int, n: int) -> list[tuple[float, float]]:
+    """(share of stepping stones, teacher reward) of every dataset of one SOAR job."""
+    datasets_of = logged_datasets(job, g, n)
     rows = []
     for metrics in complete_rows(job / "metrics.jsonl"):
-        datasets = split_datasets(valid[metrics["step"]][:g * n], g)
-        for data, reward in zip(datasets, metrics["dataset_rewards"]):
+        for data, reward in zip(datasets_of[metrics["step"]], metrics["dataset_rewards"]):
             stones = sum(world.classify(q["problem"], q["answer"])["stepping_stone"] for q in data)
             rows.append((stones / len(data), reward))
     return rows
@@ -210,6 +218,11 @@ def teacher_check(run_dir: Path) -> None:
     mean = lambda xs: f"{statistics.mean(xs):+.3f}" if xs else "none"
     constant = len(set(stones)) == 1 or len(set(rewards)) == 1  # no correlation to speak of
     corr = "undefined (one side is constant)" if constant else f"{statistics.correlation(stones, rewards):.2f}"
+    if not constant:  # reward = a + b * share + noise: the noise in share units, for `oracle --noise`
+        slope = statistics.covariance(stones, rewards) / statistics.variance(stones)
+        mean_s, mean_r = statistics.mean(stones), statistics.mean(rewards)
+        residual = statistics.stdev(r - mean_r - slope * (s - mean_s) for s, r in rows)
+        corr += f" (reward = {slope:.3f} x share + noise of SD {residual:.4f}: --noise {residual / slope:.2f})"
     rich = [r for s, r in rows if s >= 0.25]
     poor = [r for s, r in rows if s <= 1 / 16]
     print(f"{run_dir}: {len(rows)} datasets; stepping-stone share vs reward: r = {corr}; mean reward "
@@ -228,27 +241,86 @@ def teacher_check(run_dir: Path) -> None:
         model = teacher.unload()
 
 
-def oracle_teacher(steps: int, flags: list[str], seed: int = 0) -> None:
+def reward_repeatability(run_dir: Path, n_datasets: int = 8, copies: int = 3, seed: int = 0) -> None:
+    """How much of SOAR's teacher reward is the dataset and how much is chance: the first
+    n_datasets datasets of a promotion-free run's seed-0 SOAR job (whose baseline student is the
+    untrained one at every step), each given to `copies` student copies with their own
+    randomness, rewarded as the loop does (greedy accuracy on a Q_R of cfg.q_r hard-train
+    problems, one fixed draw, minus the untrained student's). Chance is the spread within a
+    dataset; `--r` copies per dataset would divide its variance by r. (The loop draws Q_R afresh
+    each step, the same for all of a step's datasets: noise this probe leaves out.)"""
+    saved = json.loads((run_dir / "config.json").read_text())
+    cfg = train.parse_config(["--g", str(saved["g"]), "--n", str(saved["n"])])[0]
+    torch.set_num_threads(cfg.threads)
+    job = run_dir / "seed0" / "soar"
+    if any(m["n_promotions"] for m in complete_rows(job / "metrics.jsonl")):
+        raise SystemExit(f"{job}: a promotion changed the baseline student; use a run with --tau 1e9")
+    datasets_of = logged_datasets(job, cfg.g, cfg.n)
+    datasets = [data for step in sorted(datasets_of) for data in datasets_of[step]]
+    hard_train, _ = tiny_hard_set(seed)
+    q_r = random.Random(seed).sample(hard_train, min(cfg.q_r, len(hard_train)))
+    model, tokenizer = load_model(str(tiny_model_path(seed)), "none", cfg.lora_rank, cfg.lora_alpha)
+    base = adapter_state(model, "student")
+    base_acc = greedy_accuracy(model, tokenizer, q_r, cfg)
+    print(f"{job}: {n_datasets} datasets x {copies} student copies, Q_R {len(q_r)} problems")
+    rewards = []
+    for k, data in enumerate(datasets[:n_datasets]):
+        row = []
+        for j in range(copies):
+            load_adapter_state(model, "student", base)
+            generator, rng = torch.Generator().manual_seed(1000 * k + j), random.Random(1000 * k + j)
+            train_student(model, tokenizer, data, cfg.inner_steps, cfg, generator, rng, {})
+            row.append(greedy_accuracy(model, tokenizer, q_r, cfg) - base_acc)
+        rewards.append(row)
+        stones = statistics.mean(world.classify(q["problem"], q["answer"])["stepping_stone"] for q in data)
+        print(f"  dataset {k}: stepping stones {stones:.3f}, rewards " + " ".join(f"{r:+.3f}" for r in row),
+              flush=True)
+    within = statistics.mean(statistics.variance(row) for row in rewards)
+    total = statistics.variance([r for row in rewards for r in row])
+    print(f"reward variance {total:.5f}, of which within a dataset (chance) {within:.5f}: "
+          f"{within / total:.0%}" if total else "every reward was the same")
+
+
+def take_flag(flags: list[str], name: str, kind, default, check, meaning: str):
+    """(the value given by `name VALUE`, `default` without it; the other flags, for train.py)."""
+    if name not in flags:
+        return default, flags
+    at = flags.index(name)
+    try:
+        value = kind(flags[at + 1])
+    except (IndexError, ValueError):
+        raise SystemExit(f"oracle: {name} needs {meaning}")
+    if not check(value):
+        raise SystemExit(f"oracle: {name} {flags[at + 1]}: not {meaning}")
+    return value, flags[:at] + flags[at + 2:]
+
+
+def oracle_teacher(steps: int, flags: list[str]) -> None:
     """SOAR's teacher update (tiny preset: g datasets of n questions, RLOO across datasets, the
     same optimizer and schedule) with the reward replaced by each dataset's exact share of
     stepping stones: the best signal the students could give. How far p_quickly and the
     stepping-stone share move says how many outer steps the teacher needs to learn from a signal
-    this clean; the real one is noisier (`teacher_check`). `flags` are train.py's (--teacher-lr,
-    --g, --n, --kl-coef, ...)."""
+    this clean. `--noise SD` adds Gaussian noise of that SD to each reward, to match the real
+    reward's (`teacher_check` measures it); `--seed S` draws another trajectory. The other flags
+    are train.py's (--teacher-lr, --g, --n, --kl-coef, ...)."""
+    noise, flags = take_flag(flags, "--noise", float, 0.0, lambda x: x >= 0,
+                             "a reward noise SD in share units (a number >= 0)")
+    seed, flags = take_flag(flags, "--seed", int, 0, lambda x: x >= 0, "a seed (an integer >= 0)")
     cfg, _, _ = train.parse_config(flags + ["--outer-steps", str(steps)])
     torch.set_num_threads(cfg.threads)
     model, tokenizer = load_model(str(tiny_model_path()), "none", cfg.lora_rank, cfg.lora_alpha)
     optimizer, scheduler = make_optimizer(model, "teacher", cfg.teacher_lr, steps, cfg.teacher_warmup)
-    generator = torch.Generator().manual_seed(seed)
+    generator, noise_rng = torch.Generator().manual_seed(seed), random.Random(seed)
     print(f"oracle reward, {steps} steps, teacher lr {cfg.teacher_lr}, g {cfg.g} x n {cfg.n}, "
-          f"KL {cfg.kl_coef}")
+          f"KL {cfg.kl_coef}, noise SD {noise}, seed {seed}")
     shares = []
     for step in range(steps + 1):
         if step % 10 == 0:
             activate(model, "teacher")
-            recent = [statistics.mean(col) for col in zip(*shares[-10:])] if shares else [math.nan] * 2
+            recent = [statistics.mean(col) for col in zip(*shares[-10:])] if shares else [math.nan] * 3
             print(f"  step {step:3d}: p(Quickly) {p_quickly(model, tokenizer):.4f}; last 10 steps' "
-                  f"questions: stepping stones {recent[0]:.3f}, right answers {recent[1]:.3f}", flush=True)
+                  f"questions: stepping stones {recent[0]:.3f}, right answers {recent[1]:.3f}, "
+                  f"Vendi {recent[2]:.2f}", flush=True)
         if step == steps:
             break
         pairs, _ = sample_pairs(model, tokenizer, cfg.g * cfg.n, cfg, generator, {})
@@ -256,13 +328,21 @@ def oracle_teacher(steps: int, flags: list[str], seed: int = 0) -> None:
         rewards = [statistics.mean(world.classify(p["problem"], p["answer"])["stepping_stone"]
                                    for p in data) for data in datasets]
         shares.append((statistics.mean(rewards), statistics.mean(
-            world.check_question(p["problem"], p["answer"])["correct"] for p in pairs)))
+            world.check_question(p["problem"], p["answer"])["correct"] for p in pairs),
+            vendi_score([p["problem"] for p in pairs])))
+        rewards = [r + noise_rng.gauss(0.0, noise) for r in rewards] if noise else rewards
         teacher_update(model, tokenizer, optimizer, scheduler, datasets, rewards, cfg)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "oracle":
+        if len(sys.argv) < 3 or not sys.argv[2].isdigit():
+            raise SystemExit("oracle: give the number of steps first: python -m tiny.probes oracle 100 ...")
         oracle_teacher(int(sys.argv[2]), sys.argv[3:])
+    elif len(sys.argv) > 2 and sys.argv[1] == "repeat":
+        if not all(arg.isdigit() and int(arg) > 1 for arg in sys.argv[3:5]):
+            raise SystemExit(f"repeat: DATASETS and COPIES are whole numbers above 1, not {sys.argv[3:5]}")
+        reward_repeatability(Path(sys.argv[2]), *map(int, sys.argv[3:5]))
     elif len(sys.argv) > 1:
         teacher_check(Path(sys.argv[1]))
     else:
