@@ -245,3 +245,13 @@ def test_oracle_flags_are_taken_out_of_the_train_flags_and_checked():
     for bad in (["--noise"], ["--noise", "loud"], ["--noise", "-1"], ["--noise", "nan"]):
         with pytest.raises(SystemExit, match="--noise"):
             noise(bad)
+
+
+def test_reward_repeatability_refuses_a_run_whose_baseline_student_was_promoted(tmp_path):
+    from tiny.probes import reward_repeatability
+    job = tmp_path / "seed0" / "soar"
+    job.mkdir(parents=True)
+    (tmp_path / "config.json").write_text(json.dumps({"g": 2, "n": 2}))
+    (job / "metrics.jsonl").write_text(json.dumps({"step": 0, "n_promotions": 1}) + "\n")
+    with pytest.raises(SystemExit, match="promotion"):
+        reward_repeatability(tmp_path)
