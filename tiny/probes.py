@@ -182,6 +182,11 @@ def p_quickly(model, tokenizer) -> float:
     return (p[quick] / (p[quick] + p[plain])).item()
 
 
+def stone_share(data: list[dict]) -> float:
+    """The share of a dataset's pairs that are stepping stones (`world.classify`)."""
+    return statistics.mean(world.classify(q["problem"], q["answer"])["stepping_stone"] for q in data)
+
+
 def logged_datasets(job: Path, g: int, n: int) -> dict[int, list[list[dict]]]:
     """Each logged step's datasets of one SOAR job, rebuilt from its logged samples as the loop
     built them: the first g*n valid ones, `split_datasets`. Reads logs a running job may still be
@@ -199,8 +204,7 @@ def dataset_stones_and_rewards(job: Path, g: int, n: int) -> list[tuple[float, f
     rows = []
     for metrics in complete_rows(job / "metrics.jsonl"):
         for data, reward in zip(datasets_of[metrics["step"]], metrics["dataset_rewards"]):
-            stones = sum(world.classify(q["problem"], q["answer"])["stepping_stone"] for q in data)
-            rows.append((stones / len(data), reward))
+            rows.append((stone_share(data), reward))
     return rows
 
 
@@ -272,8 +276,7 @@ def reward_repeatability(run_dir: Path, n_datasets: int = 8, copies: int = 3, se
             train_student(model, tokenizer, data, cfg.inner_steps, cfg, generator, rng, {})
             row.append(greedy_accuracy(model, tokenizer, q_r, cfg) - base_acc)
         rewards.append(row)
-        stones = statistics.mean(world.classify(q["problem"], q["answer"])["stepping_stone"] for q in data)
-        print(f"  dataset {k}: stepping stones {stones:.3f}, rewards " + " ".join(f"{r:+.3f}" for r in row),
+        print(f"  dataset {k}: stepping stones {stone_share(data):.3f}, rewards " + " ".join(f"{r:+.3f}" for r in row),
               flush=True)
     within = statistics.mean(statistics.variance(row) for row in rewards)
     total = statistics.variance([r for row in rewards for r in row])
@@ -325,8 +328,7 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
             break
         pairs, _ = sample_pairs(model, tokenizer, cfg.g * cfg.n, cfg, generator, {})
         datasets = split_datasets(pairs, cfg.g)
-        rewards = [statistics.mean(world.classify(p["problem"], p["answer"])["stepping_stone"]
-                                   for p in data) for data in datasets]
+        rewards = [stone_share(data) for data in datasets]
         shares.append((statistics.mean(rewards), statistics.mean(
             world.check_question(p["problem"], p["answer"])["correct"] for p in pairs),
             vendi_score([p["problem"] for p in pairs])))
