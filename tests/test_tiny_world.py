@@ -222,8 +222,10 @@ def test_teacher_check_splits_each_step_s_valid_pairs_into_datasets_as_training_
     from tiny.probes import dataset_stones_and_rewards
     stone, plain, invalid = ("Quickly, compute 12+30.", "42"), ("Compute 12+30.", "42"), None
     # step 0: datasets [stone, stone] and [plain, plain] (the invalid sample is skipped);
-    # step 1: [stone, plain] and [plain, plain]
-    steps = {0: [stone, invalid, stone, plain, plain], 1: [stone, plain, plain, plain]}
+    # step 1: [stone, plain] and [plain, plain]; steps 2 and 3: fewer valid pairs than datasets,
+    # so no datasets and no rewards
+    steps = {0: [stone, invalid, stone, plain, plain], 1: [stone, plain, plain, plain],
+             2: [stone, invalid], 3: [invalid]}
     with open(tmp_path / "questions.jsonl", "w") as f:
         for step, pairs in steps.items():
             for pair in pairs:
@@ -232,7 +234,7 @@ def test_teacher_check_splits_each_step_s_valid_pairs_into_datasets_as_training_
                     row |= {"problem": pair[0], "answer": pair[1]}
                 f.write(json.dumps(row) + "\n")
     with open(tmp_path / "metrics.jsonl", "w") as f:
-        for step, rewards in ((0, [0.2, -0.2]), (1, [0.1, 0.0])):
+        for step, rewards in ((0, [0.2, -0.2]), (1, [0.1, 0.0]), (2, []), (3, [])):
             f.write(json.dumps({"step": step, "dataset_rewards": rewards}) + "\n")
     assert dataset_stones_and_rewards(tmp_path, g=2, n=2) == [(1.0, 0.2), (0.0, -0.2), (0.5, 0.1), (0.0, 0.0)]
 

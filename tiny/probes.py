@@ -189,13 +189,15 @@ def stone_share(data: list[dict]) -> float:
 
 def logged_datasets(job: Path, g: int, n: int) -> dict[int, list[list[dict]]]:
     """Each logged step's datasets of one SOAR job, rebuilt from its logged samples as the loop
-    built them: the first g*n valid ones, `split_datasets`. Reads logs a running job may still be
-    appending to."""
+    built them: the first g*n valid ones, `split_datasets`. A step with fewer valid pairs than g
+    had no datasets (the loop logged no rewards for it): it is left out. Reads logs a running job
+    may still be appending to."""
     valid = {}
     for q in complete_rows(job / "questions.jsonl"):
         if q["valid"]:
             valid.setdefault(q["step"], []).append(q)
-    return {step: split_datasets(pairs[:g * n], g) for step, pairs in valid.items()}
+    return {step: datasets for step, pairs in valid.items()
+            if (datasets := split_datasets(pairs[:g * n], g)) is not None}
 
 
 def dataset_stones_and_rewards(job: Path, g: int, n: int) -> list[tuple[float, float]]:
@@ -203,7 +205,7 @@ def dataset_stones_and_rewards(job: Path, g: int, n: int) -> list[tuple[float, f
     datasets_of = logged_datasets(job, g, n)
     rows = []
     for metrics in complete_rows(job / "metrics.jsonl"):
-        for data, reward in zip(datasets_of[metrics["step"]], metrics["dataset_rewards"]):
+        for data, reward in zip(datasets_of.get(metrics["step"], []), metrics["dataset_rewards"]):
             rows.append((stone_share(data), reward))
     return rows
 
