@@ -42,6 +42,13 @@ from tiny.model import HARD, batch_tensors, encode_example, hard_dir, tiny_hard_
 # the stepping-stone check of `main`: supervised steps (batch 32) and learning rate
 STONE_STEPS, STONE_LR = 100, 1e-4
 
+def probe_model(cfg, lora_seed: int, world_seed: int = 0):
+    """The tiny model of world_seed with the loop's LoRA adapters, their random initialization
+    seeded as train.py seeds it, so that a probe gives the same result each time it is run."""
+    torch.manual_seed(lora_seed)
+    return load_model(str(tiny_model_path(world_seed)), "none", cfg.lora_rank, cfg.lora_alpha)
+
+
 def sampled_answers(model, tokenizer, problems: list[dict], n: int, temperature: float,
                     seed: int = 0):
     """n answers per problem with the loop's student prompt and sampler: (rollouts, the boxed
@@ -146,7 +153,7 @@ def inner_loop_check(seed: int = 0, copies: int = 2) -> None:
     cfg, _, _ = train.parse_config([])
     torch.set_num_threads(cfg.threads)  # as train.py runs the preset (and the same each time)
     hard_train, _ = tiny_hard_set(seed)
-    model, tokenizer = load_model(str(tiny_model_path(seed)), "none", cfg.lora_rank, cfg.lora_alpha)
+    model, tokenizer = probe_model(cfg, seed, seed)
     generator, rng = torch.Generator().manual_seed(seed), random.Random(seed)
     base = adapter_state(model, "student")
     datasets = {f"{'quickly' if quick else 'plain'}, 2-4 digits": [
@@ -265,7 +272,7 @@ def reward_repeatability(run_dir: Path, n_datasets: int = 8, copies: int = 3, se
     datasets = [data for step in sorted(datasets_of) for data in datasets_of[step]]
     hard_train, _ = tiny_hard_set(seed)
     q_r = random.Random(seed).sample(hard_train, min(cfg.q_r, len(hard_train)))
-    model, tokenizer = load_model(str(tiny_model_path(seed)), "none", cfg.lora_rank, cfg.lora_alpha)
+    model, tokenizer = probe_model(cfg, seed, seed)
     base = adapter_state(model, "student")
     base_acc = greedy_accuracy(model, tokenizer, q_r, cfg)
     print(f"{job}: {n_datasets} datasets x {copies} student copies, Q_R {len(q_r)} problems")
@@ -313,7 +320,7 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
     seed, flags = take_flag(flags, "--seed", int, 0, lambda x: x >= 0, "a seed (an integer >= 0)")
     cfg, _, _ = train.parse_config(flags + ["--outer-steps", str(steps)])
     torch.set_num_threads(cfg.threads)
-    model, tokenizer = load_model(str(tiny_model_path()), "none", cfg.lora_rank, cfg.lora_alpha)
+    model, tokenizer = probe_model(cfg, seed)
     optimizer, scheduler = make_optimizer(model, "teacher", cfg.teacher_lr, steps, cfg.teacher_warmup)
     generator, noise_rng = torch.Generator().manual_seed(seed), random.Random(seed)
     print(f"oracle reward, {steps} steps, teacher lr {cfg.teacher_lr}, g {cfg.g} x n {cfg.n}, "
