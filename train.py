@@ -124,7 +124,7 @@ PRESETS = {
     # One copy's inner loop needs 16 steps of 16 questions to move the hard set (8 gave almost
     # only zero rewards); student lr 2e-3 was no better; teacher lr 1e-3 wrecked the teacher's
     # arithmetic. 3 datasets a step keep the run short, too few for the teacher to learn: its
-    # reward is mostly chance, and it needs ~8 datasets x 4 copies for hundreds of steps (README).
+    # reward is mostly chance, and it needs 250-600 steps of ~8 datasets (README).
     "tiny": dict(quant="none", chat_template="off", seeds=3,
                  methods="base,soar,hard_only,grounded_t,intrinsic_t,base_t", lora_rank=16, lora_alpha=32,
                  outer_steps=6, g=3, n=16, r=1, q_r=64, inner_steps=16, student_batch=16,
