@@ -211,8 +211,12 @@ def make_optimizer(model, role: str, lr: float, total_steps: int, warmup_steps: 
 
 def policy_gradient_step(model, role: str, optimizer, prompt_ids, completion_ids,
                          advantages: torch.Tensor, *, kl_coef: float, pad_token_id: int,
-                         micro_batch: int, max_new_tokens: int, max_grad_norm: float = 1.0) -> dict:
+                         micro_batch: int, max_new_tokens: int, max_grad_norm: float = 1.0,
+                         scored_tokens: list[int] | None = None) -> dict:
     """One RLOO update: loss = -A * sum_t log pi(y_t) + kl_coef * sum_t KL_t, averaged over rows.
+
+    `scored_tokens[r]`, when given, limits row r's policy-gradient term to its first that many
+    completion tokens (the teacher's question without its worked answer); KL covers every token.
 
     Sums are divided by max_new_tokens (a constant), not by each row's length, so long and short
     answers weigh what their tokens weigh. KL_t is the k3 estimator against the base model
@@ -234,7 +238,8 @@ def policy_gradient_step(model, role: str, optimizer, prompt_ids, completion_ids
             loss, kl, part_grads = micro_batch_grads(
                 model, params, [prompt_ids[r] for r in part], [completion_ids[r] for r in part],
                 advantages[part], rows=rows, kl_coef=kl_coef, pad_token_id=pad_token_id,
-                max_new_tokens=max_new_tokens)
+                max_new_tokens=max_new_tokens,
+                scored_tokens=None if scored_tokens is None else [scored_tokens[r] for r in part])
         except torch.OutOfMemoryError:
             part_grads = OOM  # halved outside the handler, once its traceback's tensors are freed
         if part_grads is OOM:
@@ -264,7 +269,7 @@ def update_outcome(stats: dict) -> str:
 
 
 def micro_batch_grads(model, params, prompt_ids, completion_ids, advantages, *, rows, kl_coef,
-                      pad_token_id, max_new_tokens):
+                      pad_token_id, max_new_tokens, scored_tokens=None):
     """(loss, mean KL, gradients) of one micro-batch's share of the step's loss; gradients are
     None when the loss is not finite. Nothing is written to the parameters' .grad."""
     device = params[0].device
@@ -280,7 +285,11 @@ def micro_batch_grads(model, params, prompt_ids, completion_ids, advantages, *, 
                 delta = (ref_logp - logp).clamp(-20, 20)
                 kl = (torch.exp(delta) - delta - 1) * mask
             adv = advantages.to(device).unsqueeze(1)
-            per_row = (-adv * logp * mask + kl_coef * kl).sum(1) / max_new_tokens
+            scored = mask
+            if scored_tokens is not None:
+                columns = torch.arange(mask.shape[1], device=device)
+                scored = mask & (columns < torch.tensor(scored_tokens, device=device).unsqueeze(1))
+            per_row = (-adv * logp * scored + kl_coef * kl).sum(1) / max_new_tokens
             loss = per_row.sum() / rows
             mean_kl = (kl.sum(1) / mask.sum(1).clamp(min=1)).sum().item() / rows
             if not torch.isfinite(loss):

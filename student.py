@@ -99,6 +99,20 @@ def greedy_accuracy(model, tokenizer, problems: list[dict], cfg, times=None) -> 
     return sum(correct) / len(correct)
 
 
+def sampled_accuracy(model, tokenizer, problems: list[dict], cfg, generator, times) -> float:
+    """Mean accuracy of cfg.measure_samples answers per problem at the run's temperature: unlike
+    greedy accuracy it also counts a problem the student solves some of the time."""
+    with timed(times, "eval"):
+        counts = correct_counts(model, tokenizer, problems, cfg.measure_samples, cfg, generator)
+    return sum(counts) / (cfg.measure_samples * len(problems))
+
+
+def progress_measures(model, tokenizer, q_r: list[dict], cfg, generator, times) -> dict:
+    """The student's standing on Q_R: greedy accuracy (the paper's reward) and sampled accuracy."""
+    return {"greedy": greedy_accuracy(model, tokenizer, q_r, cfg, times),
+            "sampled": sampled_accuracy(model, tokenizer, q_r, cfg, generator, times)}
+
+
 def correct_counts(model, tokenizer, problems: list[dict], n: int, cfg, generator,
                    progress=None) -> list[int]:
     """How many of n sampled answers are correct, per problem (for pass@k and learnability)."""

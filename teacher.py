@@ -43,6 +43,20 @@ def parse_teacher_output(text: str) -> dict | None:
     return {"problem": question, "answer": gold.strip()}
 
 
+def question_token_count(tokenizer, completion_ids: list[int]) -> int:
+    """How many of a valid sample's tokens it takes to close its question: the tokens that choose
+    what to ask, as against the worked answer after them. The decoded prefix contains
+    "</question>" from some length on, so a bisection over prefix lengths finds it."""
+    low, high = 1, len(completion_ids)
+    while low < high:
+        mid = (low + high) // 2
+        if "</question>" in tokenizer.decode(completion_ids[:mid]):
+            high = mid
+        else:
+            low = mid + 1
+    return high
+
+
 def readable_answers(pairs: list[dict], timeout: float) -> list[bool]:
     """An answer is usable only if the checker accepts it against itself: that is exactly
     'the math parser can read it', and it runs bounded in the checker's worker processes."""
@@ -76,7 +90,9 @@ def sample_pairs(model, tokenizer, count: int, cfg, generator, times) -> tuple[l
             records.append({"completion": text, "valid": i in valid, **(parsed[i] or {})})
             if i in valid:
                 pairs.append({**parsed[i], "prompt_ids": rollouts.prompt_ids[i],
-                              "completion_ids": rollouts.completion_ids[i]})
+                              "completion_ids": rollouts.completion_ids[i],
+                              "question_tokens": question_token_count(
+                                  tokenizer, rollouts.completion_ids[i])})
     return pairs[:count], records
 
 
@@ -91,7 +107,9 @@ def split_datasets(pairs: list[dict], g: int) -> list[list[dict]] | None:
 
 def teacher_update(model, tokenizer, optimizer, scheduler, datasets: list[list[dict]],
                    dataset_rewards: list[float], cfg) -> dict:
-    """RLOO across the g datasets: every sample of X_k gets advantage R_k - mean(R_other)."""
+    """RLOO across the g datasets: every sample of X_k gets advantage R_k - mean(R_other).
+    With cfg.teacher_tokens == "question" the advantage moves only the tokens up to the end of the
+    question, not the worked answer that makes up most of a sample."""
     advantages = rloo_advantages(torch.tensor(dataset_rewards, dtype=torch.float32))
     rows = [(pair, adv) for data, adv in zip(datasets, advantages.tolist()) for pair in data]
     if all(adv == 0 for _, adv in rows):  # all datasets scored the same: no signal
@@ -102,7 +120,9 @@ def teacher_update(model, tokenizer, optimizer, scheduler, datasets: list[list[d
             [p["prompt_ids"] for p, _ in rows], [p["completion_ids"] for p, _ in rows],
             torch.tensor([adv for _, adv in rows]), kl_coef=cfg.kl_coef,
             pad_token_id=tokenizer.pad_token_id, micro_batch=cfg.micro_batch,
-            max_new_tokens=cfg.teacher_max_tokens)
+            max_new_tokens=cfg.teacher_max_tokens,
+            scored_tokens=([p["question_tokens"] for p, _ in rows]
+                           if cfg.teacher_tokens == "question" else None))
         stats["update"] = update_outcome(stats)
     scheduler.step()
     return stats

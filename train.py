@@ -38,7 +38,8 @@ from rewards import learnability, pass_at_k
 from run_dir import (append_jsonl, atomic_save, atomic_write_text, external_logger,
                      forget_unfinished_steps, load_checkpoint, prepare_run_dir, read_jsonl,
                      write_jsonl, write_nothing)
-from student import answer, correct_counts, greedy_accuracy, greedy_correct, rloo_step, train_student
+from student import (answer, correct_counts, greedy_accuracy, greedy_correct, progress_measures,
+                     rloo_step, sampled_accuracy, train_student)
 from teacher import question_diversity, sample_pairs, split_datasets, teacher_update
 from tiny.model import tiny_hard_set, tiny_model_path
 from tiny.world import classify
@@ -80,6 +81,8 @@ class Config:
     promotion_extra_steps: int = setting(5, "extra inner steps once a student has been promoted (paper 5)")
     teacher_lr: float = setting(1e-4, "teacher LoRA learning rate (paper 1e-5, full fine-tuning)")
     teacher_warmup: int = setting(20, "teacher warm-up steps (paper 20)")
+    teacher_tokens: str = setting("all", "tokens the teacher's advantage moves: all of a sample "
+                                  "(paper) or question (up to </question>, not the worked answer)")
     teacher_max_tokens: int = setting(384, "teacher max new tokens (paper 512)")
     teacher_max_rounds: int = setting(4, "rejection-sampling rounds for valid teacher pairs")
     intrinsic_samples: int = setting(8, "student answers per question for the Intrinsic-T reward (paper 32)")
@@ -91,6 +94,13 @@ class Config:
     student_max_tokens: int = setting(512, "student max new tokens (paper 1024)")
     temperature: float = setting(1.0, "sampling temperature of both roles (paper 1.0)")
     kl_coef: float = setting(0.001, "KL penalty to the base model (paper 0.001)")
+    reward_measure: str = setting("greedy", "the student's standing on Q_R that rewards the teacher: "
+                                  "greedy accuracy (paper) or sampled (mean accuracy of "
+                                  "--measure-samples answers per problem); both are logged")
+    measure_samples: int = setting(4, "sampled answers per Q_R problem for the sampled measure")
+    copy_streams: str = setting("independent", "random streams of the student copies: independent "
+                                "(each copy its own) or common (copy j of every dataset the same "
+                                "draws, so chance cancels in the teacher's RLOO differences)")
     reward: str = setting("binary", "student reward: binary or shaped (the paper's printed shaping)")
     # students trained from scratch for evaluation
     fresh_steps: int = setting(64, "RLOO steps on the hard train set (Hard-Only, and after PQ)")
@@ -210,6 +220,12 @@ def config_problem(cfg: Config) -> str | None:
         return f"--checkpointing: {cfg.checkpointing!r} is not one of auto, on, off"
     if cfg.log not in ("none", "tensorboard", "wandb"):
         return f"--log: {cfg.log!r} is not one of none, tensorboard, wandb"
+    if cfg.reward_measure not in ("greedy", "sampled"):
+        return f"--reward-measure: {cfg.reward_measure!r} is not one of greedy, sampled"
+    if cfg.copy_streams not in ("independent", "common"):
+        return f"--copy-streams: {cfg.copy_streams!r} is not one of independent, common"
+    if cfg.teacher_tokens not in ("all", "question"):
+        return f"--teacher-tokens: {cfg.teacher_tokens!r} is not one of all, question"
     if cfg.reward not in ("binary", "shaped"):
         return f"--reward: {cfg.reward!r} is not one of binary, shaped"
     if min(ks) < 1:
@@ -217,7 +233,8 @@ def config_problem(cfg: Config) -> str | None:
     positive = ["seeds", "outer_steps", "g", "n", "r", "q_r", "inner_steps", "student_batch",
                 "group_size", "eval_samples", "micro_batch", "sample_batch", "ma_window",
                 "teacher_max_rounds", "teacher_max_tokens", "student_max_tokens",
-                "intrinsic_samples", "sampled_questions", "probe_every", "lora_rank"]
+                "intrinsic_samples", "sampled_questions", "probe_every", "lora_rank",
+                "measure_samples"]
     for name in positive:
         if getattr(cfg, name) < 1:
             return f"--{name.replace('_', '-')} must be at least 1"
@@ -273,30 +290,45 @@ def spread_greedy_accuracy(w: World, problems: list[dict], times: dict) -> float
 
 # ---- the outer loop: one teacher (grounded = SOAR, or intrinsic) --------------------------------
 
-def grounded_rewards(w: World, datasets, q_r, baseline, baseline_acc, steps, unit, times):
-    """R_kj = greedy accuracy on Q_R after training copy j on X_k, minus the baseline's.
+def grounded_rewards(w: World, datasets, q_r, baseline, baseline_measures, steps, unit, times):
+    """R_kj = the student's standing on Q_R after training copy j on X_k, minus the baseline's,
+    by --reward-measure (greedy accuracy, as the paper, or sampled accuracy).
 
-    The g x r copies are spread over the processes; each starts from the baseline student and its
-    randomness comes from its own identity (unit + (k, j)). Returns (rewards [g][r], the copies
-    this process trained {(k, j): adapter state}, how many student updates were applied, had no
-    signal (every answer scored the same) or were dropped as non-finite).
+    The g x r copies are spread over the processes; each starts from the baseline student. Its
+    randomness comes from its own identity: unit + (k, j), or with --copy-streams common unit +
+    j alone, so that copy j of every dataset draws the same numbers (each dataset arranged by
+    question length, so that like draws meet like questions) and the chance they share cancels
+    in the teacher's RLOO differences. Returns (rewards [g][r], every measure's rewards
+    {measure: [g][r]}, the copies this process trained {(k, j): adapter state}, how many student
+    updates were applied, had no signal (every answer scored the same) or were dropped as
+    non-finite).
     """
-    copies = {}
+    copies, common = {}, w.cfg.copy_streams == "common"
 
     def train_copy(kj):
+        k, j = kj
+        identity = (*unit, "copy", j) if common else (*unit, k, j)
+        data = by_length(datasets[k]) if common else datasets[k]
         load_adapter_state(w.model, "student", baseline)
-        generator, rng = generators(*unit, *kj)
-        history = train_student(w.model, w.tokenizer, datasets[kj[0]], steps, w.cfg, generator, rng,
-                                times)
-        reward = greedy_accuracy(w.model, w.tokenizer, q_r, w.cfg, times) - baseline_acc
+        generator, rng = generators(*identity)
+        history = train_student(w.model, w.tokenizer, data, steps, w.cfg, generator, rng, times)
+        measures = progress_measures(w.model, w.tokenizer, q_r, w.cfg,
+                                     generators(*identity, "measure")[0], times)
         copies[kj] = adapter_state(w.model, "student")
-        return reward, Counter(h["update"] for h in history)
+        return ({m: v - baseline_measures[m] for m, v in measures.items()},
+                Counter(h["update"] for h in history))
 
     units = [(k, j) for k in range(len(datasets)) for j in range(w.cfg.r)]
     results = w.procs.map(train_copy, units)
     load_adapter_state(w.model, "student", baseline)
-    rewards = [[results[k * w.cfg.r + j][0] for j in range(w.cfg.r)] for k in range(len(datasets))]
-    return rewards, copies, dict(sum((c for _, c in results), Counter()))
+    by_measure = {m: [[results[k * w.cfg.r + j][0][m] for j in range(w.cfg.r)]
+                      for k in range(len(datasets))] for m in baseline_measures}
+    return (by_measure[w.cfg.reward_measure], by_measure, copies,
+            dict(sum((c for _, c in results), Counter())))
+
+
+def by_length(data: list[dict]) -> list[dict]:
+    return sorted(data, key=lambda p: (len(p["problem"]), p["problem"]))
 
 
 def intrinsic_rewards(w: World, datasets, unit, times):
@@ -365,12 +397,16 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
         # 2-3. the reward of each dataset
         q_r = generators(*unit, "q_r")[1].sample(w.hard_train, min(cfg.q_r, len(w.hard_train)))
         baseline_acc = spread_greedy_accuracy(w, q_r, times)
-        promoted, best = False, None
+        promoted, best, measures = False, None, None
         if datasets is not None:
             if grounded:
                 steps = cfg.inner_steps + (cfg.promotion_extra_steps if state["n_promotions"] else 0)
-                rewards, copies, student_updates = grounded_rewards(
-                    w, datasets, q_r, state["baseline"], baseline_acc, steps, unit, times)
+                # every process measures the baseline itself: the same draws give the same value
+                baseline_measures = {"greedy": baseline_acc, "sampled": sampled_accuracy(
+                    model, tokenizer, q_r, cfg, generators(*unit, "measure")[0], times)}
+                rewards, measures, copies, student_updates = grounded_rewards(
+                    w, datasets, q_r, state["baseline"], baseline_measures, steps, unit, times)
+                measures["baseline"] = baseline_measures
             else:
                 rewards, copies, student_updates = intrinsic_rewards(w, datasets, unit, times)
             dataset_rewards = [statistics.mean(r) for r in rewards]
@@ -405,6 +441,8 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
         if procs.main:
             row = teacher_row(w, method, seed, step, state, pairs, valid_rate, dataset_rewards,
                               moving_avg, promoted, best, baseline_acc, update, student_updates, times)
+            if measures is not None:  # the copies' rewards by every measure, the chosen one or not
+                row["copy_rewards"] = measures
             append_jsonl(job / "metrics.jsonl", row)
             w.log_external(f"seed{seed}/{method}", row)
             atomic_save({"state": state, "optimizer": optimizer.state_dict(),

@@ -5,6 +5,7 @@ imports this file.
     python -m tiny.probes runs/RUN      # what a finished run's SOAR teachers learned
     python -m tiny.probes oracle STEPS [--noise SD] [--seed S] [train.py flags]   # can the teacher learn from a perfect reward?
     python -m tiny.probes repeat runs/RUN [DATASETS COPIES]   # how much of the reward is chance?
+    python -m tiny.probes chance COPIES [train.py flags]   # ... by random streams and measure
 
 The first prints the base model's accuracy by phrasing and length, the hard set, whether short
 "quickly" sums are stepping stones to it (accuracy after a short supervised fine-tune on them,
@@ -30,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import student
 import train
+from parallel import generators
 from models import activate, adapter_state, encode_prompt, load_adapter_state, load_model, make_optimizer
 from rewards import extract_boxed
 from sampler import decode, sample
@@ -293,6 +295,71 @@ def reward_repeatability(run_dir: Path, n_datasets: int = 8, copies: int = 3, se
           f"{within / total:.0%}" if total else "every reward was the same")
 
 
+def stream_chance(copies: int, flags: list[str], seed: int = 0) -> None:
+    """How much of a dataset's grounded reward is chance, by random streams and by measure:
+    datasets of the base teacher's questions with 0, 2, 4 and 8 of every 16 replaced by stepping
+    stones, each given to `copies` student copies trained as the loop trains them, once with
+    independent streams (every copy its own draws) and once with common ones (copy j of every
+    dataset the same draws, the datasets arranged by question length so that like draws land on
+    like questions). Each copy's standing on one fixed Q_R is measured greedily (the paper) and
+    by sampling (`student.progress_measures`). Chance is the spread of a dataset's copies; the
+    teacher sees rewards centred over the datasets of a step (RLOO), so the centred chance is the
+    noise it learns through; divided by the slope of reward over stepping-stone share it is the
+    noise in share units that `oracle --noise` takes."""
+    cfg = train.parse_config(flags)[0]
+    torch.set_num_threads(cfg.threads)
+    hard_train, _ = tiny_hard_set(seed)
+    q_r = random.Random(seed).sample(hard_train, min(cfg.q_r, len(hard_train)))
+    model, tokenizer = probe_model(cfg, seed, seed)
+    base = adapter_state(model, "student")
+    pairs, _ = sample_pairs(model, tokenizer, 64, cfg, torch.Generator().manual_seed(seed), {})
+    filler = [p for p in pairs if not world.classify(p["problem"], p["answer"])["stepping_stone"]]
+    stones = [p for d in (2, 3, 4) for p in world.generate_problems(8, d, 17 + seed, True)]
+    random.Random(seed).shuffle(stones)
+    n = cfg.n
+    datasets = [filler[:n - m] + stones[:m] for m in (0, n // 8, n // 4, n // 2)]
+    shares = [stone_share(data) for data in datasets]
+    start = time.perf_counter()
+    base_measures = student.progress_measures(model, tokenizer, q_r, cfg,
+                                              torch.Generator().manual_seed(seed), {})
+    print(f"{len(datasets)} datasets of {n} (stepping stones {', '.join(f'{s:.3f}' for s in shares)})"
+          f" x {copies} copies x 2 stream modes; Q_R {len(q_r)}; baseline {base_measures}", flush=True)
+    for streams in ("independent", "common"):
+        rewards = {"greedy": [], "sampled": []}
+        for k, data in enumerate(datasets):
+            data = sorted(data, key=lambda p: (len(p["problem"]), p["problem"])) if streams == "common" else data
+            row = {"greedy": [], "sampled": []}
+            for j in range(copies):
+                identity = (seed, "chance", j) if streams == "common" else (seed, "chance", k, j)
+                load_adapter_state(model, "student", base)
+                generator, rng = generators(*identity)
+                train_student(model, tokenizer, data, cfg.inner_steps, cfg, generator, rng, {})
+                measures = student.progress_measures(model, tokenizer, q_r, cfg,
+                                                     generators(*identity, "eval")[0], {})
+                for measure, value in measures.items():
+                    row[measure].append(value - base_measures[measure])
+            for measure in rewards:
+                rewards[measure].append(row[measure])
+            print(f"  {streams:<11} share {shares[k]:.3f}: greedy " + " ".join(f"{r:+.3f}" for r in row["greedy"])
+                  + "  sampled " + " ".join(f"{r:+.3f}" for r in row["sampled"])
+                  + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+        for measure, table in rewards.items():
+            report_chance(streams, measure, shares, table)
+
+
+def report_chance(streams: str, measure: str, shares: list[float], table: list[list[float]]) -> None:
+    """One line of `stream_chance`: slope of reward over share, chance before and after the
+    centring over datasets that the teacher's RLOO applies, and the latter in share units."""
+    points = [(s, r) for s, row in zip(shares, table) for r in row]
+    slope = statistics.linear_regression(*zip(*points)).slope
+    chance = math.sqrt(statistics.mean(statistics.variance(row) for row in table))
+    centred = [[r - statistics.mean(col) for r, col in zip(row, zip(*table))] for row in table]
+    centred_chance = math.sqrt(statistics.mean(statistics.variance(row) for row in centred))
+    print(f"{streams:<11} {measure:<7}: reward = {slope:+.3f} x share; chance SD {chance:.4f}, "
+          f"centred over datasets {centred_chance:.4f} = {centred_chance / slope:.2f} in share units",
+          flush=True)
+
+
 def take_flag(flags: list[str], name: str, kind, default, check, meaning: str):
     """(the value given by `name VALUE`, `default` without it; the other flags, for train.py)."""
     if name not in flags:
@@ -354,6 +421,10 @@ if __name__ == "__main__":
         if not all(arg.isdigit() and int(arg) > 1 for arg in sys.argv[3:5]):
             raise SystemExit(f"repeat: DATASETS and COPIES are whole numbers above 1, not {sys.argv[3:5]}")
         reward_repeatability(Path(sys.argv[2]), *map(int, sys.argv[3:5]))
+    elif len(sys.argv) > 2 and sys.argv[1] == "chance":
+        if not (sys.argv[2].isdigit() and int(sys.argv[2]) > 1):
+            raise SystemExit(f"chance: COPIES is a whole number above 1, not {sys.argv[2]!r}")
+        stream_chance(int(sys.argv[2]), sys.argv[3:])
     elif len(sys.argv) > 1:
         teacher_check(Path(sys.argv[1]))
     else:

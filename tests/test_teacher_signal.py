@@ -1,0 +1,57 @@
+"""What sharpens the teacher's learning signal: the checker's exact path for plain integers, and
+a policy gradient limited to the tokens of the teacher's question."""
+import pytest
+import torch
+
+from models import adapter_params, load_model, micro_batch_grads
+from rewards import _pool, check_many
+from teacher import question_token_count
+
+
+@pytest.mark.parametrize("response, gold", [
+    (r"so \boxed{12345}", "12345"), (r"\boxed{12345}", "12346"), (r"\boxed{007}", "7"),
+    (r"\boxed{-3}", "-3"), (r"\boxed{-3}", "3"), (r"\boxed{3.0}", "3"), (r"\boxed{3}", "3.0"),
+    (r"\boxed{1,000}", "1000"), (r"\boxed{x=5}", "5"), ("no box, 5", "5"), (r"\boxed{5}", "5%"),
+    (r"\boxed{2}\boxed{5}", "5"), (r"\boxed{ 42 }", "42"), (r"\boxed{\frac{10}{2}}", "5"),
+])
+def test_plain_integers_get_the_verdict_the_full_checker_gives(response, gold):
+    """The in-process comparison is only a shortcut: every pair gets math-verify's verdict."""
+    assert check_many([response], [gold]) == _pool().run("check", [(response, gold)], 5.0, False)
+
+
+def test_plain_integers_never_reach_the_checker_workers(monkeypatch):
+    monkeypatch.setattr(_pool(), "run", lambda *a, **k: pytest.fail("sent to a worker"))
+    assert check_many([r"\boxed{12}", r"\boxed{13}", "none"], ["12", "12", "12"]) == [True, False, False]
+
+
+class CharTokenizer:
+    def decode(self, ids):
+        return "".join(map(chr, ids))
+
+
+def test_question_tokens_end_with_the_closing_tag():
+    text = "<question>What is 2+3?</question><answer>\\boxed{5}</answer>"
+    ids = [ord(c) for c in text]
+    assert question_token_count(CharTokenizer(), ids) == text.index("</question>") + len("</question>")
+
+
+def test_the_question_only_gradient_is_the_gradient_of_the_question_alone(lm_dir):
+    """Scoring the first k completion tokens is exactly training on those k tokens: causal
+    attention makes their log-probs blind to what follows, so nothing of the answer leaks in."""
+    torch.manual_seed(0)
+    model, tokenizer = load_model(str(lm_dir), "none", lora_rank=4, lora_alpha=8)
+    params = list(adapter_params(model, "teacher").values())
+    with torch.no_grad():  # LoRA's B starts at zero; give it weights so every gradient flows
+        for p in params:
+            p.normal_(0, 0.02)
+    prompt = tokenizer("User: write\nAssistant:")["input_ids"]
+    completions, adv = [[5, 6, 7, 8, 9], [10, 11, 12, 13]], torch.tensor([1.0, -1.0])
+    kw = dict(rows=2, kl_coef=0.0, pad_token_id=tokenizer.pad_token_id, max_new_tokens=8)
+    from models import activate
+    activate(model, "teacher")
+    _, _, scored = micro_batch_grads(model, params, [prompt, prompt], completions, adv,
+                                     scored_tokens=[2, 3], **kw)
+    _, _, alone = micro_batch_grads(model, params, [prompt, prompt], [[5, 6], [10, 11, 12]], adv, **kw)
+    _, _, whole = micro_batch_grads(model, params, [prompt, prompt], completions, adv, **kw)
+    assert all(torch.allclose(s, a, atol=1e-6) for s, a in zip(scored, alone))
+    assert not all(torch.allclose(s, w, atol=1e-6) for s, w in zip(scored, whole))
