@@ -147,8 +147,9 @@ class Check:
 
     def run(self, part: str, fn, *args) -> None:
         """fn(self, *args) under the part's budget (and what is left of the whole run's)."""
-        seconds = min(BUDGETS[part], self.deadline - time.monotonic())
-        if seconds < 1:
+        left = self.deadline - time.monotonic()
+        seconds = min(BUDGETS[part], left)
+        if left < 1:
             self.rows.append(Row(part, "(the whole part)", "SKIPPED", status="skipped",
                                  notes=f"the run's {TOTAL_BUDGET} s were spent"))
             return
@@ -237,7 +238,7 @@ def card(check: Check) -> None:
         props = torch.cuda.get_device_properties(check.device)
         name, notes = props.name, f"{props.total_memory / GIB:.0f} GiB, CUDA {torch.version.cuda}"
     else:
-        name, notes = "CPU (dry run)", f"{torch.get_num_threads()} threads"
+        name, notes = "CPU (dry run)", f"torch threads: {torch.get_num_threads()}"
     check.facts["device"] = name
     check.add("card", "device", name, notes=notes + f"; weights {check.quant} ({check.quant_why})")
     check.doing = "copy bandwidth"
@@ -355,6 +356,7 @@ class oom_retries:
 
 
 def train(check: Check, preset: str) -> None:
+    check.doing = "preset settings"
     s = settings(preset, check.dry, check.device)
     model = preset_model(check, preset, s, checkpointing=s["checkpointing"] == "on")
     check.doing = "student training step"
@@ -388,6 +390,7 @@ def kv_bytes_per_token(config) -> int:
 
 
 def decode(check: Check, preset: str) -> None:
+    check.doing = "preset settings"
     s = settings(preset, check.dry, check.device)
     model = preset_model(check, preset, s, checkpointing=False)
     models.activate(model, "student")
