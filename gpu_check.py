@@ -140,7 +140,7 @@ class Check:
         self.doing = ""  # the measurement under way: what a failure row names
         self.start = time.monotonic()
         self.deadline = self.start + TOTAL_BUDGET
-        self.quant, self.quant_why = weights_kind()
+        self.quant, self.quant_why = weights_kind(device)
 
     def add(self, part: str, what: str, measured: str = "", expected: str = "", notes: str = "", **values):
         self.rows.append(Row(part, what, measured, expected, notes, values=values))
@@ -180,13 +180,18 @@ class Check:
         tmp.replace(self.json_path)  # a run killed mid-write leaves the previous part's file
 
 
-def weights_kind() -> tuple[str, str]:
-    """("4-bit NF4", why) when bitsandbytes imports, else ("bf16", why)."""
+def weights_kind(device: torch.device) -> tuple[str, str]:
+    """("4-bit NF4", why) when bitsandbytes imports and quantizes on `device`, else ("bf16", why).
+    A quantization is tried because a wheel can import and still lack a binary for the card's CUDA."""
     try:
-        import bitsandbytes  # noqa: F401
-    except Exception as e:  # noqa: BLE001  (missing, or its binary does not load)
-        return "bf16", f"bitsandbytes does not import ({type(e).__name__}: {str(e)[:120]})"
-    return "4-bit NF4", "bitsandbytes imports"
+        import bitsandbytes as bnb
+    except Exception as e:  # noqa: BLE001  (missing, or broken)
+        return "bf16", f"bitsandbytes does not import: {type(e).__name__}: {str(e)[:120]}"
+    try:
+        bnb.functional.quantize_4bit(torch.ones(64, 64, dtype=torch.bfloat16, device=device), quant_type="nf4")
+    except Exception as e:  # noqa: BLE001
+        return "bf16", f"bitsandbytes {bnb.__version__} does not quantize here: {type(e).__name__}: {str(e)[:120]}"
+    return "4-bit NF4", f"bitsandbytes {bnb.__version__}"
 
 
 def versions() -> dict:
@@ -211,12 +216,15 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def peak_text(device: torch.device) -> tuple[str, float | None]:
-    """The allocator's peak since `reset_peak` (GiB), or a dash on a CPU, which has none."""
+def peak_text(device: torch.device) -> tuple[str, float | None, str]:
+    """The allocator's peak since `reset_peak` (GiB; a dash on a CPU, which has none), and a note
+    with what the allocator reserved and the card had in use (CUDA context included)."""
     if device.type != "cuda":
-        return "- (CPU)", None
+        return "- (CPU)", None, ""
     peak = torch.cuda.max_memory_allocated() / GIB
-    return f"{peak:.2f} GiB", peak
+    free, total = torch.cuda.mem_get_info()
+    return (f"{peak:.2f} GiB", peak, f"reserved at most {torch.cuda.max_memory_reserved() / GIB:.2f} GiB, "
+            f"card memory in use after it (CUDA context included) {(total - free) / GIB:.2f} GiB; ")
 
 
 # ---- the card --------------------------------------------------------------------------------------
@@ -330,8 +338,9 @@ def expected_peak(check: Check, preset: str, kind: str) -> tuple[str, float]:
 
 
 def peak_row(check: Check, preset: str, kind: str, what: str, notes: str, **values) -> None:
-    measured, peak = peak_text(check.device)
+    measured, peak, memory = peak_text(check.device)
     expected, predicted = expected_peak(check, preset, kind)
+    notes = memory + notes
     if peak is not None and not check.dry:
         notes = f"measured / predicted {peak / predicted:.2f}; " + notes
     check.add(preset, what, measured, expected, notes, peak_gib=peak, predicted_gib=predicted, **values)
