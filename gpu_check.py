@@ -161,7 +161,7 @@ class Check:
             if isinstance(e, KeyboardInterrupt):
                 raise
             problem = failure(e, seconds)
-            del e  # its traceback holds the part's tensors: drop it before freeing memory
+        # Freed only here, after the handler: the exception's traceback held the part's tensors.
         if problem:
             status, why = problem
             self.rows.append(Row(part, self.doing, status.upper(), status=status, notes=why))
@@ -170,7 +170,7 @@ class Check:
         self.save()
 
     def save(self) -> None:
-        report = {"dry_run": self.dry, "device": self.facts.get("device", str(self.device)),
+        report = {"written": time.strftime("%Y-%m-%d %H:%M:%S"), "dry_run": self.dry, "device": self.facts.get("device", str(self.device)),
                   "weights": self.quant, "weights_why": self.quant_why, "versions": versions(),
                   "wall_s": round(time.monotonic() - self.start, 1), "part_seconds": self.part_seconds,
                   "rows": [dataclasses.asdict(r) for r in self.rows]}
