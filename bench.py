@@ -6,6 +6,7 @@ the machine's own matmul throughput that decoding reaches. Prints one table.
     python bench.py --model small       # any preset, HF id or local directory (GPU: add --quant 4bit)
     python bench.py --metrics runs/x/seed0/soar/metrics.jsonl   # add a SOAR step's phases
     python bench.py --memory small      # predicted GPU memory of a preset, measured on the CPU
+    python bench.py --gpu-check         # on a lent GPU machine: those predictions measured (gpu_check.py)
 
 Workload (the student's rollouts): --prompts questions x --group samples at temperature 1, up to
 --max-new-tokens. Useful tokens are the tokens before EOS: `generate` keeps decoding rows that
@@ -46,12 +47,12 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, DynamicCache, Gen
                           TrainerCallback)
 
 import models
-import rewards
 import sampler
-import student
 from run_dir import read_jsonl
-from tiny import model as tiny_model
 from tiny import world
+
+# rewards, student and tiny.model (which imports both) are imported where they are used: they
+# need math-verify, which a lent GPU machine lacks, and `--gpu-check` must start without it.
 
 RANDOM_CONFIG = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
                      num_key_value_heads=4, max_position_embeddings=1024)
@@ -84,7 +85,31 @@ def parse_args(argv=None):
                    "from its per-layer and logits costs measured on the CPU at its true width")
     p.add_argument("--checkpointing", action="store_true", help="recompute layers in the RLOO step's backward")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    p.add_argument("--gpu-check", action="store_true", help="instead: the prepared check for a lent GPU machine "
+                   "(gpu_check.py): the presets' peak memory, decode speed against the bandwidth bound, a "
+                   "tiny-world outer step; one table and one JSON file in at most 8 minutes; needs CUDA")
+    p.add_argument("--dry-run", action="store_true", help="with --gpu-check: the same parts on the CPU at toy "
+                   "shapes, in under a minute")
+    p.add_argument("--json", type=Path, help="with --gpu-check: the JSON file it writes (default "
+                   "runs/gpu_check.json, runs/gpu_check_dry_run.json with --dry-run)")
+    args = p.parse_args(argv)
+    check_gpu_check_flags(p, args)
+    return args
+
+
+def check_gpu_check_flags(p, args) -> None:
+    if not args.gpu_check:
+        for flag in ("dry_run", "json"):
+            if getattr(args, flag):
+                p.error(f"--{flag.replace('_', '-')} only goes with --gpu-check")
+        return
+    for flag in ("memory", "metrics"):
+        if getattr(args, flag):
+            p.error(f"--gpu-check runs its own fixed parts: drop --{flag}")
+    if args.json is None:
+        args.json = Path("runs") / ("gpu_check_dry_run.json" if args.dry_run else "gpu_check.json")
+    if args.json.exists() and not args.json.is_file():
+        p.error(f"--json {args.json}: not a file")
 
 
 # ---- models and workloads ---------------------------------------------------------------------
@@ -109,11 +134,13 @@ def random_model_dir(out: Path, mean_len: int) -> Path:
 
 def tiny_model_dir() -> Path | None:
     """The built tiny model's directory, or None if it has not been built (building takes a while)."""
+    from tiny import model as tiny_model
     path = tiny_model.model_dir(0, tiny_model.BUILD)
     return path if (path / "config.json").exists() else None
 
 
 def prompt_texts(kind: str, n: int, prompt_len: int, seed: int) -> list[str]:
+    import student
     rng = random.Random(seed)
     if kind == "random":
         lengths = [max(4, int(prompt_len * rng.uniform(0.7, 1.3))) for _ in range(n)]
@@ -269,6 +296,7 @@ def parity_reward(completion_ids: list[list[int]], stop: set[int]) -> list[float
 
 
 def our_rloo_step(model, tokenizer, prompts, args, optimizer, scheduler, generator):
+    import rewards
     eos = models.eos_ids(tokenizer, model)
     models.activate(model, "student")
     times = {}
@@ -552,6 +580,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.gpu_check:
+        import gpu_check  # imports this module: loaded only when asked for
+        gpu_check.run(args.dry_run, args.json)
+        return
     if args.memory:
         return memory_report(args.memory)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -561,6 +593,7 @@ def main(argv=None):
     if args.model == "random":
         path, kind = str(random_model_dir(workdir / "random", args.mean_len)), "random"
     elif args.model == "tiny":
+        from tiny import model as tiny_model
         path, kind = str(tiny_model.tiny_model_path()), "tiny"
     else:  # a preset or hub id -> the folder the run would load (the TRL comparison needs it too)
         path, kind = models.resolve_model(args.model), "hub"

@@ -12,7 +12,6 @@ import time
 import warnings
 from pathlib import Path
 
-import bitsandbytes as bnb
 import torch
 from huggingface_hub import model_info, snapshot_download
 from peft import LoraConfig, get_peft_model
@@ -116,7 +115,9 @@ def keep_4bit_layers_differentiable(model) -> None:
     AVX512-BF16, into an inference-only layout with no backward; from then on no gradient flows
     back through it to the LoRA layers below (measured on SmolLM2: 60 of 210 LoRA B matrices got
     one after a sampling pass). Sampling and the KL reference run exactly so, so the repacking is
-    turned off."""
+    turned off. (bitsandbytes is imported here, not at the top: a GPU machine without it still
+    runs everything unquantized, e.g. `bench.py --gpu-check` in bf16.)"""
+    import bitsandbytes as bnb
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
