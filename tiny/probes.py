@@ -28,8 +28,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import config
 import student
-import train
 from models import activate, adapter_state, encode_prompt, load_adapter_state, load_model, make_optimizer
 from rewards import extract_boxed
 from sampler import decode, sample
@@ -150,7 +150,7 @@ def inner_loop_check(seed: int = 0, copies: int = 2) -> None:
     from the base model, then its greedy accuracy on the hard train set (the reward's measure)
     and its sampled accuracy there. Three datasets: stepping stones ("quickly" sums of 2-4
     digits), plain sums, and the base teacher's own questions (what SOAR's first step trains on)."""
-    cfg, _, _ = train.parse_config([])
+    cfg, _, _ = config.parse_config([])
     torch.set_num_threads(cfg.threads)  # as train.py runs the preset (and the same each time)
     hard_train, _ = tiny_hard_set(seed)
     model, tokenizer = probe_model(cfg, seed, seed)
@@ -263,7 +263,7 @@ def reward_repeatability(run_dir: Path, n_datasets: int = 8, copies: int = 3, se
     dataset; `--r` copies per dataset would divide its variance by r. (The loop draws Q_R afresh
     each step, the same for all of a step's datasets: noise this probe leaves out.)"""
     saved = json.loads((run_dir / "config.json").read_text())
-    cfg = train.parse_config(["--g", str(saved["g"]), "--n", str(saved["n"])])[0]
+    cfg = config.parse_config(["--g", str(saved["g"]), "--n", str(saved["n"])])[0]
     torch.set_num_threads(cfg.threads)
     job = run_dir / "seed0" / "soar"
     if any(m["n_promotions"] for m in complete_rows(job / "metrics.jsonl")):
@@ -318,7 +318,7 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
     noise, flags = take_flag(flags, "--noise", float, 0.0, lambda x: x >= 0,
                              "a reward noise SD in share units (a number >= 0)")
     seed, flags = take_flag(flags, "--seed", int, 0, lambda x: x >= 0, "a seed (an integer >= 0)")
-    cfg, _, _ = train.parse_config(flags + ["--outer-steps", str(steps)])
+    cfg, _, _ = config.parse_config(flags + ["--outer-steps", str(steps)])
     torch.set_num_threads(cfg.threads)
     model, tokenizer = probe_model(cfg, seed)
     optimizer, scheduler = make_optimizer(model, "teacher", cfg.teacher_lr, steps, cfg.teacher_warmup)
