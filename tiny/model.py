@@ -34,7 +34,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llam
 
 import student
 import teacher
-from build_hard import build_hard
+from data.hard import build_hard
 from models import cache_root, encode_prompt, plain_frame
 from run_dir import read_jsonl
 from tiny import world

@@ -29,8 +29,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import config
 import student
-import train
 from parallel import generators
 from models import activate, adapter_state, encode_prompt, load_adapter_state, load_model, make_optimizer
 from rewards import extract_boxed
@@ -152,7 +152,7 @@ def inner_loop_check(seed: int = 0, copies: int = 2) -> None:
     from the base model, then its greedy accuracy on the hard train set (the reward's measure)
     and its sampled accuracy there. Three datasets: stepping stones ("quickly" sums of 2-4
     digits), plain sums, and the base teacher's own questions (what SOAR's first step trains on)."""
-    cfg, _, _ = train.parse_config([])
+    cfg, _, _ = config.parse_config([])
     torch.set_num_threads(cfg.threads)  # as train.py runs the preset (and the same each time)
     hard_train, _ = tiny_hard_set(seed)
     model, tokenizer = probe_model(cfg, seed, seed)
@@ -265,7 +265,7 @@ def reward_repeatability(run_dir: Path, n_datasets: int = 8, copies: int = 3, se
     dataset; `--r` copies per dataset would divide its variance by r. (The loop draws Q_R afresh
     each step, the same for all of a step's datasets: noise this probe leaves out.)"""
     saved = json.loads((run_dir / "config.json").read_text())
-    cfg = train.parse_config(["--g", str(saved["g"]), "--n", str(saved["n"])])[0]
+    cfg = config.parse_config(["--g", str(saved["g"]), "--n", str(saved["n"])])[0]
     torch.set_num_threads(cfg.threads)
     job = run_dir / "seed0" / "soar"
     if any(m["n_promotions"] for m in complete_rows(job / "metrics.jsonl")):
@@ -306,7 +306,7 @@ def stream_chance(copies: int, flags: list[str], seed: int = 0) -> None:
     teacher sees rewards centred over the datasets of a step (RLOO), so the centred chance is the
     noise it learns through; divided by the slope of reward over stepping-stone share it is the
     noise in share units that `oracle --noise` takes."""
-    cfg = train.parse_config(flags)[0]
+    cfg = config.parse_config(flags)[0]
     torch.set_num_threads(cfg.threads)
     hard_train, _ = tiny_hard_set(seed)
     q_r = random.Random(seed).sample(hard_train, min(cfg.q_r, len(hard_train)))
@@ -385,7 +385,7 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
     noise, flags = take_flag(flags, "--noise", float, 0.0, lambda x: x >= 0,
                              "a reward noise SD in share units (a number >= 0)")
     seed, flags = take_flag(flags, "--seed", int, 0, lambda x: x >= 0, "a seed (an integer >= 0)")
-    cfg, _, _ = train.parse_config(flags + ["--outer-steps", str(steps)])
+    cfg, _, _ = config.parse_config(flags + ["--outer-steps", str(steps)])
     torch.set_num_threads(cfg.threads)
     model, tokenizer = probe_model(cfg, seed)
     optimizer, scheduler = make_optimizer(model, "teacher", cfg.teacher_lr, steps, cfg.teacher_warmup)
