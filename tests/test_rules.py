@@ -168,8 +168,12 @@ def shared(lm_dir):
 
 @pytest.fixture
 def scripted_run(shared, monkeypatch, tmp_path):
+    return run_scripted("soar", shared, monkeypatch, tmp_path)
+
+
+def run_scripted(method, shared, monkeypatch, tmp_path):
     """run_teacher on STEP_REWARDS with the teacher's sampling and the students' training
-    scripted; returns (final state, what each stage was given, the metrics rows)."""
+    scripted; returns (final state, what each stage was given, the metrics rows, copy_state)."""
     model, tokenizer = shared
     cfg = Config(model="scripted", outer_steps=4, g=3, n=2, r=3, ma_window=2, tau=0.125,
                  inner_steps=7, promotion_extra_steps=5, teacher_lr=0.01, teacher_warmup=2,
@@ -177,14 +181,16 @@ def scripted_run(shared, monkeypatch, tmp_path):
     procs = FirstOfTwoProcesses()
     w = World(cfg, model, tokenizer, [{"problem": f"h{i}", "answer": "1"} for i in range(4)], [],
               procs)
-    seen = {"steps": [], "baselines": [], "teacher_rewards": [], "teacher_lr": [], "datasets": []}
+    seen = {"steps": [], "baselines": [], "teacher_rewards": [], "teacher_lr": [], "datasets": [],
+            "measured": [], "q_r": [], "q_r_of_copies": [], "sampled": 0}
     base = adapter_state(model, "student")
 
     def copy_state(k, j):  # a distinct, recognisable student per copy
         return {name: v + (10 * k + j + 1) for name, v in base.items()}
 
     def pairs_of_step(model, tokenizer, count, cfg, generator, times):
-        step = len(seen["datasets"])
+        step = seen["sampled"]
+        seen["sampled"] += 1
         pairs = [{"problem": f"s{step} q{i}", "answer": str(i), "prompt_ids": [1],
                   "completion_ids": [2]} for i in range(count)]
         return pairs, [{"completion": "", "valid": True}] * count
@@ -193,6 +199,7 @@ def scripted_run(shared, monkeypatch, tmp_path):
         seen["steps"].append(steps)
         seen["baselines"].append(baseline)
         seen["datasets"].append(datasets)
+        seen["q_r_of_copies"].append(q_r)
         units = [(k, j) for k in range(cfg.g) for j in range(cfg.r)]
         # process 0 trained the units map gives it; process 1 the others
         mine = {kj: copy_state(*kj) for i, kj in enumerate(units) if procs.owner(i) == 0}
@@ -208,8 +215,16 @@ def scripted_run(shared, monkeypatch, tmp_path):
     monkeypatch.setattr(train, "sample_pairs", pairs_of_step)
     monkeypatch.setattr(train, "grounded_rewards", scripted_rewards)
     monkeypatch.setattr(train, "teacher_update", scripted_teacher_update)
-    monkeypatch.setattr(train, "spread_greedy_accuracy", lambda w, problems, times: 0.5)
-    state = run_teacher(w, "soar", 0, tmp_path)
+
+    def baseline_accuracy(w, problems, times):  # of whatever student the model holds
+        seen["measured"].append(adapter_state(w.model, "student"))
+        seen["q_r"].append(problems)
+        return 0.5
+    monkeypatch.setattr(train, "spread_greedy_accuracy", baseline_accuracy)
+    # the intrinsic teacher's reward: learnability, here the same high value at every step
+    monkeypatch.setattr(train, "intrinsic_rewards",
+                        lambda w, datasets, unit, times: ([[0.5]] * len(datasets), {}, {}))
+    state = run_teacher(w, method, 0, tmp_path)
     load_adapter_state(model, "student", base)
     rows = train.read_jsonl(tmp_path / "metrics.jsonl")
     return state, seen, rows, copy_state
@@ -230,9 +245,12 @@ def test_the_promoted_copy_is_the_median_copy_of_the_best_dataset_sent_by_its_pr
     # copy (1, 2) is unit 1 * r + 2 = 5, which process 1 trained: it must come from there
     assert rows[1]["promoted_dataset"] == 1
     assert same_state(state["baseline"], copy_state(1, 2))
-    # later rewards are measured against the new baseline
+    # later rewards are measured against the new baseline: copies start from it, and its own
+    # accuracy is the one subtracted
     assert not same_state(seen["baselines"][1], copy_state(1, 2))
     assert all(same_state(b, copy_state(1, 2)) for b in seen["baselines"][2:])
+    assert not same_state(seen["measured"][1], copy_state(1, 2))
+    assert all(same_state(m, copy_state(1, 2)) for m in seen["measured"][2:])
 
 
 def test_a_promotion_adds_exactly_the_best_dataset_to_pq(scripted_run):
@@ -246,6 +264,22 @@ def test_a_promotion_adds_exactly_the_best_dataset_to_pq(scripted_run):
 def test_inner_loops_after_a_promotion_run_the_extra_steps(scripted_run):
     _, seen, _, _ = scripted_run
     assert seen["steps"] == [7, 7, 12, 12]
+
+
+def test_q_r_is_redrawn_each_step_and_scores_the_baseline_and_the_copies_alike(scripted_run):
+    _, seen, _, _ = scripted_run
+    assert seen["q_r_of_copies"] == seen["q_r"]
+    assert all(len(q) == 2 and all(p["problem"].startswith("h") for p in q) for q in seen["q_r"])
+    assert len({tuple(p["problem"] for p in q) for q in seen["q_r"]}) > 1
+
+
+def test_the_intrinsic_teacher_never_promotes(shared, monkeypatch, tmp_path):
+    # its reward (0.5 each step) clears tau with a full window from step 1 on; no student is
+    # trained, so there is nothing to promote
+    state, seen, rows, _ = run_scripted("intrinsic", shared, monkeypatch, tmp_path)
+    assert [r["promoted"] for r in rows] == [False] * 4 and rows[-1]["moving_avg"] == 0.5
+    assert state["promoted_questions"] == [] and state["n_promotions"] == 0
+    assert seen["teacher_rewards"] == [[0.5] * 3] * 4
 
 
 def test_the_teacher_is_rewarded_with_each_dataset_s_mean_over_copies(scripted_run):
