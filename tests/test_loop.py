@@ -441,10 +441,11 @@ def test_two_processes_give_exactly_the_results_of_one(lm_dir, problem_files, tm
     one, two = tmp_path / "one", tmp_path / "two"
     # g=3 datasets x r=3 copies: 9 units on 2 processes, so the copy indexing k * r + j and the
     # broadcast of the promoted (median) copy from the process that trained it both run, on one
-    # process and on two; a promotion at every step; the shaped reward's credit for a boxed
-    # answer gives the toy model's students a signal to learn from.
+    # process and on two; a promotion at every step, after which inner loops take 1 + 1 steps;
+    # the shaped reward's credit for a boxed answer gives the toy model's students a signal.
     args = ["--methods", "base,soar,hard_only,grounded_t", "--outer-steps", "2", "--ma-window", "1",
-            "--tau", "-1", "--g", "3", "--r", "3", "--group-size", "4", "--reward", "shaped"]
+            "--tau", "-1", "--g", "3", "--r", "3", "--promotion-extra-steps", "1", "--group-size", "4",
+            "--reward", "shaped"]
     train.main(_smoke_args(lm_dir, problem_files, one, *args))
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--processes", "2",
                            *_smoke_args(lm_dir, problem_files, two, *args)],
@@ -454,7 +455,8 @@ def test_two_processes_give_exactly_the_results_of_one(lm_dir, problem_files, tm
     # Only applied updates make the comparison bite (an unseeded LoRA init, for one, shows only
     # once a gradient step has used it).
     assert any(r["student_updates"].get("applied") for r in logs["seed0/soar/metrics.jsonl"])
-    assert all(sum(r["student_updates"].values()) == 3 * 3 for r in logs["seed0/soar/metrics.jsonl"])
+    # g x r copies, each of inner_steps (1), plus the extra step once a student is promoted
+    assert [sum(r["student_updates"].values()) for r in logs["seed0/soar/metrics.jsonl"]] == [9, 18]
     assert all(r["update"] == "applied" for r in logs["seed0/hard_only/metrics.jsonl"])
     assert comparable_run(two) == comparable_run(one)
     assert done.stdout.count("pass@k (%) on the hard test set") == 1  # printed by one process
