@@ -1,6 +1,8 @@
 # Two commands on a fresh machine, each setting up what it needs in .venv first:
 #   make tiny    the built-in tiny world: SOAR against its baselines on a CPU (about 30 minutes)
-#   make test    the test suite (about 8 minutes on 2 CPU cores)
+#   make test    the test suite (about 8 minutes on 2 CPU cores); CI runs this
+#   make test-fast   the suite less the tests marked slow (real model, several processes,
+#                train.py end to end): the quick loop while changing code
 # TORCH is what pip installs for torch when the venv has none: the CPU build by default; on a
 # GPU machine give your CUDA build, e.g. `make tiny TORCH="torch --index-url <your CUDA index>"`.
 PYTHON ?= python3
@@ -8,13 +10,21 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: tiny test
+.PHONY: tiny test test-fast mutants
 
 tiny: $(VENV)/.installed
 	$(BIN)/python train.py
 
+# -rs: every skipped test says why (e.g. ../shared/data/real is absent)
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -rs tests
+
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -rs -m "not slow" tests
+
+# plants known bugs in the method's files, one at a time, and says which the tests miss
+mutants: $(VENV)/.installed
+	$(BIN)/python tools/mutants.py
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)

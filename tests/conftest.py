@@ -4,7 +4,10 @@ The model is the tiny world's own build at toy size (a few hundred steps), cache
 one, so tests exercise the same `from_pretrained` path as `python train.py`.
 """
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
+# Never ask the hub: a test then loads the same weights (the local cache, or --model smol's
+# converted GGUF) whether or not this machine is online, and no test waits on a network.
+# Set before any test module imports huggingface_hub, which reads it once.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 TEST_BUILD_OVERRIDES = dict(steps=250, batch_size=32, hidden_size=64, intermediate_size=192,
                             num_hidden_layers=2)
@@ -24,8 +31,19 @@ def lm_dir() -> Path:
     build = {**BUILD, **TEST_BUILD_OVERRIDES}
     path = model_dir(0, build)
     if not (path / "config.json").exists():
-        path.mkdir(parents=True, exist_ok=True)
-        build_model(path, 0, build, progress=False)
+        # built beside its place and renamed into it: a killed build never looks finished, and
+        # two test runs building at once both end with one whole model
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
+        try:
+            build_model(tmp, 0, build, progress=False)
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is for every user
+            tmp.rename(path)
+        except OSError:
+            if not (path / "config.json").exists():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

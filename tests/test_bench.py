@@ -1,5 +1,9 @@
 """bench.py end to end on a small random model: the table comes out whatever the comparisons do."""
+import pytest
+
 import bench
+
+pytestmark = pytest.mark.slow  # bench.py end to end: over a minute a test on 2 CPU cores
 
 
 def run_bench(capsys, *extra):

@@ -268,6 +268,7 @@ def test_the_builder_loads_the_base_without_adapters(tiny_llama):
     assert not any("lora_" in n for n, _ in model.named_parameters()) and not model.training
 
 
+@pytest.mark.slow  # two processes
 def test_two_processes_build_the_same_hard_set_as_one(tiny_llama, tmp_path):
     _, _, model_path = tiny_llama
     dataset = write(tmp_path / "mini.jsonl", "".join(json.dumps(p) + "\n" for p in PROBLEMS))

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import train
 from models import adapter_state, load_adapter_state, load_model, make_optimizer, policy_gradient_step
-from run_dir import prepare_run_dir, read_jsonl
+from rewards import pass_at_k
+from run_dir import load_checkpoint, prepare_run_dir, read_jsonl
 from teacher import parse_teacher_output, question_diversity, vendi_score
 
 ROOT = train.Path(__file__).resolve().parents[1]
@@ -313,15 +315,22 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(lm_d
     torch.manual_seed(0)
     ckpt, _ = load_model(str(lm_dir), "none", lora_rank=4, lora_alpha=8, checkpointing=True)
     load_adapter_state(ckpt, "student", adapter_state(plain, "student"))
-    calls = []
-    layer = ckpt.get_base_model().model.layers[0]
-    layer.register_forward_pre_hook(lambda m, a: calls.append(m.training))
+    # (train mode, grad enabled) of every run of layer 0's attention. Hooked inside the layer: the
+    # checkpointed layer's own hooks see only its outer call, not the recompute in backward.
+    calls = {"plain": [], "ckpt": []}
+    for name, model in (("plain", plain), ("ckpt", ckpt)):
+        attention = model.get_base_model().model.layers[0].self_attn
+        attention.register_forward_pre_hook(
+            lambda m, a, seen=calls[name]: seen.append((m.training, torch.is_grad_enabled())))
+    plain.eval()
     ckpt.eval()
     _, expected = _update_state(plain, tokenizer, micro_batch=5)
     _, after = _update_state(ckpt, tokenizer, micro_batch=5)
     _assert_same_state(after, expected)
-    # reference forward in eval mode, then the policy forward and its recompute in train mode
-    assert calls[0] is False and calls.count(True) == 1 and not ckpt.training
+    # both: the reference forward (eval, no grad), then the policy forward; only the checkpointed
+    # model runs the layer again in backward, in train mode, and is back in eval mode after
+    assert calls["plain"] == [(False, False), (False, True)]
+    assert calls["ckpt"] == [(False, False), (True, True), (True, True)] and not ckpt.training
 
 
 # ---- the command line ---------------------------------------------------------------------------
@@ -359,6 +368,15 @@ def _smoke_args(lm_dir, problem_files, out, *extra):
             "--hard-test", str(test_file), "--sample-every", "0", *extra]
 
 
+def expected_teacher_update(row: dict) -> str:
+    """What the teacher's update must have been, from the rewards its step logged."""
+    rewards = row["dataset_rewards"]
+    if not rewards:
+        return "no valid pairs"
+    return "no signal" if len(set(rewards)) == 1 else "applied"
+
+
+@pytest.mark.slow
 def test_one_outer_step_fills_the_run_directory(lm_dir, problem_files, tmp_path):
     out = tmp_path / "run"
     train.main(_smoke_args(lm_dir, problem_files, out, "--methods", "base,soar", "--outer-steps", "1"))
@@ -368,7 +386,10 @@ def test_one_outer_step_fills_the_run_directory(lm_dir, problem_files, tmp_path)
                 "student_updates", "teacher_update"):
         assert key in rows[0]
     assert sum(rows[0]["student_updates"].values()) == 2  # g=2 datasets x r=1 copy x 1 inner step
-    assert rows[0]["teacher_update"] in ("applied", "no signal", "non-finite", "no valid pairs")
+    assert rows[0]["teacher_update"] == expected_teacher_update(rows[0])
+    teacher = load_file(out / "seed0" / "soar" / "adapters" / "teacher" / "adapter_model.safetensors")
+    moved = any(v.abs().sum() > 0 for k, v in teacher.items() if "lora_B" in k)  # B starts at 0
+    assert moved == (rows[0]["teacher_update"] == "applied")
     config = json.loads((out / "config.json").read_text())
     assert config["quant"] == "none" and config["chat_template"] == "off"
     summary = json.loads((out / "summary.json").read_text())
@@ -379,6 +400,7 @@ def test_one_outer_step_fills_the_run_directory(lm_dir, problem_files, tmp_path)
     assert (out / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_every_method_runs_and_lands_in_the_table_and_the_paired_comparisons(lm_dir, problem_files,
                                                                            tmp_path):
     out = tmp_path / "run"
@@ -390,6 +412,16 @@ def test_every_method_runs_and_lands_in_the_table_and_the_paired_comparisons(lm_
                for cell in row.values())
     for seed in (0, 1):  # Grounded-T's questions come from SOAR's final teacher
         assert (out / f"seed{seed}" / "grounded_t" / "sampled_questions.jsonl").exists()
+    # the table is pass@k averaged over problems (from each result.json's counts), then seeds
+    for method, row in summary["pass_at_k"].items():
+        for k, cell in row.items():
+            per_seed = []
+            for seed in (0, 1):
+                result = json.loads((out / f"seed{seed}" / method / "result.json").read_text())
+                counts = result["correct_counts"]
+                assert len(counts) == len(read_jsonl(problem_files[1]))
+                per_seed.append(sum(pass_at_k(4, c, int(k)) for c in counts) / len(counts))
+            assert cell["mean"] == pytest.approx(sum(per_seed) / 2)
     assert "Grounded-T" in (out / "report.md").read_text()
 
 
@@ -404,12 +436,16 @@ def comparable_run(out) -> dict:
             "summary": json.loads((out / "summary.json").read_text())["pass_at_k"]}
 
 
+@pytest.mark.slow
 def test_two_processes_give_exactly_the_results_of_one(lm_dir, problem_files, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    # g=3 copies on 2 processes; a promotion at every step; the shaped reward's credit for a boxed
-    # answer gives the toy model's students a signal to learn from.
+    # g=3 datasets x r=3 copies: 9 units on 2 processes, so the copy indexing k * r + j and the
+    # broadcast of the promoted (median) copy from the process that trained it both run, on one
+    # process and on two; a promotion at every step, after which inner loops take 1 + 1 steps;
+    # the shaped reward's credit for a boxed answer gives the toy model's students a signal.
     args = ["--methods", "base,soar,hard_only,grounded_t", "--outer-steps", "2", "--ma-window", "1",
-            "--tau", "-1", "--g", "3", "--group-size", "4", "--reward", "shaped"]
+            "--tau", "-1", "--g", "3", "--r", "3", "--promotion-extra-steps", "1", "--group-size", "4",
+            "--reward", "shaped"]
     train.main(_smoke_args(lm_dir, problem_files, one, *args))
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--processes", "2",
                            *_smoke_args(lm_dir, problem_files, two, *args)],
@@ -419,6 +455,8 @@ def test_two_processes_give_exactly_the_results_of_one(lm_dir, problem_files, tm
     # Only applied updates make the comparison bite (an unseeded LoRA init, for one, shows only
     # once a gradient step has used it).
     assert any(r["student_updates"].get("applied") for r in logs["seed0/soar/metrics.jsonl"])
+    # g x r copies, each of inner_steps (1), plus the extra step once a student is promoted
+    assert [sum(r["student_updates"].values()) for r in logs["seed0/soar/metrics.jsonl"]] == [9, 18]
     assert all(r["update"] == "applied" for r in logs["seed0/hard_only/metrics.jsonl"])
     assert comparable_run(two) == comparable_run(one)
     assert done.stdout.count("pass@k (%) on the hard test set") == 1  # printed by one process
@@ -435,6 +473,7 @@ def a_process_runs_with(text: str) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_a_run_killed_on_two_processes_resumes_on_one_to_the_same_results(lm_dir, problem_files,
                                                                           tmp_path):
     args = ["--methods", "soar,hard_only", "--outer-steps", "3", "--g", "3", "--reward", "shaped"]
@@ -460,6 +499,7 @@ def test_a_run_killed_on_two_processes_resumes_on_one_to_the_same_results(lm_dir
     assert comparable_run(out) == full
 
 
+@pytest.mark.slow
 def test_a_failing_process_ends_the_run_with_a_message(lm_dir, problem_files, tmp_path):
     # process 1 fails at its first stage; process 0 would wait for it at the next collective
     script = tmp_path / "failing_train.py"
@@ -485,6 +525,7 @@ def test_an_existing_run_is_never_overwritten(lm_dir, problem_files, tmp_path):
     assert (out / "config.json").read_text() == "{}"
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_an_uninterrupted_one(lm_dir, problem_files, tmp_path,
                                                  interrupted_then_resumed):
     # tau -1 with a window of 1 promotes at every step, so the resumed state holds a promotion.
@@ -506,10 +547,45 @@ def test_resumed_run_matches_an_uninterrupted_one(lm_dir, problem_files, tmp_pat
     assert cut == full
 
 
+@pytest.mark.slow
+def test_a_run_interrupted_in_the_middle_of_a_fresh_student_resumes_to_the_same_results(
+        lm_dir, problem_files, tmp_path, monkeypatch):
+    # 3 steps of Hard-Only's fresh student; the interrupt comes once its first step is saved.
+    # Groups of 4 and the shaped reward give every step a signal, so every step updates.
+    args = ["--methods", "hard_only", "--fresh-steps", "3", "--group-size", "4", "--reward", "shaped"]
+    train.main(_smoke_args(lm_dir, problem_files, tmp_path / "full", *args))
+    out = tmp_path / "cut"
+    job = out / "seed0" / "hard_only"
+    real_save = train.atomic_save
+
+    def save_then_interrupt(obj, path):
+        real_save(obj, path)
+        if path == job / "checkpoint.pt":
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train, "atomic_save", save_then_interrupt)
+    with pytest.raises(SystemExit, match="--resume"):
+        train.main(_smoke_args(lm_dir, problem_files, out, *args))
+    monkeypatch.setattr(train, "atomic_save", real_save)
+    assert len(read_jsonl(job / "metrics.jsonl")) == 1 and not (job / "result.json").exists()
+    train.main(["--resume", str(out)])
+    full = comparable_run(tmp_path / "full")
+    assert [r["update"] for r in full["logs"]["seed0/hard_only/metrics.jsonl"]] == ["applied"] * 3
+    assert comparable_run(out) == full
+    # the final student itself: a resume that lost AdamW's moments (or the schedule) moves the
+    # weights by less than a sampled token would show
+    ends = [load_checkpoint(run / "seed0" / "hard_only" / "checkpoint.pt")
+            for run in (tmp_path / "full", out)]
+    assert ends[0]["step"] == ends[1]["step"] == 3
+    for name, weights in ends[0]["student"].items():  # a resume repeats the same float operations
+        torch.testing.assert_close(ends[1]["student"][name], weights, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.slow
 def test_sigkill_mid_run_loses_at_most_the_step_in_progress(lm_dir, problem_files, tmp_path):
+    args = ["--methods", "soar", "--outer-steps", "3", "--reward", "shaped"]
+    train.main(_smoke_args(lm_dir, problem_files, tmp_path / "full", *args))
     out = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "train.py"),
-           *_smoke_args(lm_dir, problem_files, out, "--methods", "soar", "--outer-steps", "3")]
+    cmd = [sys.executable, str(ROOT / "train.py"), *_smoke_args(lm_dir, problem_files, out, *args)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = out / "seed0" / "soar" / "metrics.jsonl"
     deadline = time.time() + 240
@@ -521,13 +597,17 @@ def test_sigkill_mid_run_loses_at_most_the_step_in_progress(lm_dir, problem_file
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert lines_logged() >= 1, "the run never got through a step"
+    # the kill landed mid-run: steps were left to do and nothing was summed up
+    assert lines_logged() < 3 and not (out / "summary.json").exists(), \
+        "the run finished before it could be killed"
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--resume", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [r["step"] for r in read_jsonl(metrics)] == [0, 1, 2]
-    assert (out / "summary.json").exists()
+    assert comparable_run(out) == comparable_run(tmp_path / "full")
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_named_and_left_in_place(lm_dir, problem_files, tmp_path):
     out = tmp_path / "run"
     train.main(_smoke_args(lm_dir, problem_files, out, "--methods", "soar", "--outer-steps", "1"))

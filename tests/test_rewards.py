@@ -109,12 +109,18 @@ def test_unparsable_gold_is_invalid_and_never_makes_an_answer_right():
     assert parse_gold(r"\frac{1}{2}") is not None
 
 
-def test_hostile_answers_return_within_their_bound():
-    for hostile in [r"10^{10^{10^{10}}}", r"100000!", r"9^{9^{9^{9^{9}}}}"]:
+def test_hostile_answers_are_cut_off_at_their_bound_and_judged_wrong():
+    pool = rewards._pool()
+    assert is_correct(boxed("7"), "7")  # the workers are up: their start is not the check's time
+    # (answer, does it finish within the bound): power towers never do; 100000! takes 0.2 s
+    for hostile, finishes in [(r"10^{10^{10^{10}}}", False), (r"100000!", True),
+                              (r"9^{9^{9^{9^{9}}}}", False)]:
+        cut_off = pool.timed_out
         start = time.monotonic()
         result = is_correct(boxed(hostile), hostile, timeout=1.0)
         assert time.monotonic() - start < 1.0 + 2.0  # the bound, plus IPC and a busy machine
-        assert result in (True, False)
+        # a check the bound cut off counts as wrong, though each answer equals its gold
+        assert (pool.timed_out - cut_off, result) == ((0, True) if finishes else (1, False))
     assert is_correct(boxed("7"), "7")  # the killed workers were replaced
 
 
