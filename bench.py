@@ -39,25 +39,22 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from tokenizers import Tokenizer, pre_tokenizers
-from tokenizers import models as tokenizer_models
 from peft import LoraConfig
 from transformers import (AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig,
-                          LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
+                          LlamaConfig, Qwen2Config,
                           TrainerCallback)
 
+import gpu_check
 import models
 import sampler
+from measure import (PROMPT_TOKENS, RANDOM_VOCAB, hf_generate, linear_params, print_table,
+                     random_model_dir, sync, tensor_bytes, timed_call)
 from config import PRESETS, Config
 from run_dir import read_jsonl
 from tiny import world
 
 # rewards, student and tiny.model (which imports both) are imported where they are used: they
 # need math-verify, which a lent GPU machine lacks, and `--gpu-check` must start without it.
-
-RANDOM_CONFIG = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-                     num_key_value_heads=4, max_position_embeddings=1024)
-RANDOM_VOCAB = 1000
 
 
 def parse_args(argv=None):
@@ -115,23 +112,6 @@ def check_gpu_check_flags(p, args) -> None:
 
 # ---- models and workloads ---------------------------------------------------------------------
 
-def random_model_dir(out: Path, mean_len: int) -> Path:
-    """A random Llama with a word-level tokenizer, saved in HF format; its stop set is EOS-heavy."""
-    specials = ["<pad>", "<s>", "</s>", "<unk>"]
-    vocab = {t: i for i, t in enumerate(specials + [f"w{i}" for i in range(RANDOM_VOCAB - len(specials))])}
-    tok = Tokenizer(tokenizer_models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                        pad_token="<pad>", unk_token="<unk>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=RANDOM_VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0, **RANDOM_CONFIG)
-    model = LlamaForCausalLM(config)
-    stop_ids = [2] + list(range(len(specials), len(specials) + RANDOM_VOCAB // mean_len - 1))
-    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=stop_ids, pad_token_id=0)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
 
 def tiny_model_dir() -> Path | None:
     """The built tiny model's directory, or None if it has not been built (building takes a while)."""
@@ -164,18 +144,6 @@ def encode(tokenizer, texts: list[str], kind: str) -> list[list[int]]:
 
 # ---- timing helpers -----------------------------------------------------------------------------
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed_call(fn, device):
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, time.perf_counter() - start
-
 
 def useful_tokens(rows: list[list[int]], eos: set[int]) -> int:
     """Tokens before the first stop id of each row."""
@@ -205,22 +173,7 @@ def matmul_gflops(device, repeats: int = 5) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def linear_params(model) -> int:
-    """Weights that every decoded token multiplies (all Linear layers, LoRA included, lm_head included)."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-
-
 # ---- 1. sampler vs generate ---------------------------------------------------------------------
-
-def hf_generate(model, prompts, *, n, max_new_tokens, temperature, eos, pad_id, seed):
-    ids, mask = sampler.left_pad(prompts, pad_id, sampler.model_device(model))
-    config = GenerationConfig(do_sample=temperature > 0, temperature=temperature or None, top_k=0, top_p=1.0,
-                              max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad_id,
-                              repetition_penalty=1.0,
-                              num_return_sequences=n)
-    torch.manual_seed(seed)
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-    return out[:, ids.shape[1]:].tolist()
 
 
 def our_sample(model, prompts, *, n, max_new_tokens, temperature, eos, pad_id, seed):
@@ -416,7 +369,6 @@ TRUE_SIZES = {
                                 num_attention_heads=24, num_key_value_heads=8, vocab_size=128256,
                                 tie_word_embeddings=True)),
 }
-PROMPT_TOKENS = 160  # a chat-templated student prompt with a MATH problem (upper end); teacher's ~110
 GIB = 2 ** 30
 
 
@@ -433,22 +385,6 @@ def shallow_model(preset: str, layers: int, workdir: Path, cfg):
     model, _ = models.load_model(str(path), "4bit", cfg.lora_rank, cfg.lora_alpha, device="cpu",
                                  dtype=torch.bfloat16)
     return model
-
-
-def tensor_bytes(model) -> dict[str, int]:
-    """Bytes of the base weights (4-bit packed + quantization constants) and of one adapter."""
-    base = adapter = 0
-    for name, p in model.named_parameters():
-        if "lora_" in name:
-            adapter += p.nbytes if ".student." in name else 0
-            continue
-        base += p.nbytes
-        state = getattr(p, "quant_state", None)
-        if state is not None:
-            base += state.absmax.nbytes + state.code.nbytes
-            if state.nested:
-                base += state.state2.absmax.nbytes + state.state2.code.nbytes
-    return {"base": base, "adapter": adapter}
 
 
 def saved_bytes(model, rows: int, prompt: int, completion: int, autocast: bool) -> int:
@@ -567,21 +503,12 @@ def memory_report(preset: str) -> None:
 
 # ---- main ---------------------------------------------------------------------------------------
 
-def print_table(header, rows):
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print(line(r))
-
 
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.gpu_check:
-        import gpu_check  # imports this module: loaded only when asked for
         gpu_check.run(args.dry_run, args.json)
         return
     if args.memory:

@@ -36,9 +36,10 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-import bench
+import measure
 import models
 import sampler
+from config import PRESETS, Config
 
 GIB = 2 ** 30
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -237,7 +238,7 @@ def copy_bandwidth(device: torch.device, repeats: int = 10) -> float:
     src = torch.empty(n, dtype=torch.uint8, device=device).fill_(1)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    best = min(bench.timed_call(lambda: dst.copy_(src), device)[1] for _ in range(repeats))
+    best = min(measure.timed_call(lambda: dst.copy_(src), device)[1] for _ in range(repeats))
     return 2 * n / best
 
 
@@ -263,7 +264,7 @@ def settings(preset: str, dry: bool, device: torch.device) -> dict:
     """What a run of the preset does in the steps measured here."""
     s = preset_settings(preset)
     out = dict(micro_batch=s["micro_batch"], sample_batch=s["sample_batch"], group_size=s["group_size"],
-               prompt_tokens=bench.PROMPT_TOKENS, student_max_tokens=s["student_max_tokens"],
+               prompt_tokens=measure.PROMPT_TOKENS, student_max_tokens=s["student_max_tokens"],
                sample_tokens=max(s["student_max_tokens"], s["teacher_max_tokens"]),
                lora_rank=s["lora_rank"], lora_alpha=s["lora_alpha"], kl_coef=s["kl_coef"],
                lr=s["student_lr"], checkpointing=s["checkpointing"])
@@ -294,14 +295,14 @@ def build(check: Check, preset: str) -> None:
     torch.manual_seed(0)
     with torch.device(check.device):  # random init where the model runs: seconds, not minutes
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    params = bench.linear_params(model)
+    params = measure.linear_params(model)
     bf16, nf4 = weight_bytes(model)
     path = check.workdir / preset
     model.save_pretrained(path)
     del model
     tokenizer_dir = check.workdir / "tokenizer"
     if not tokenizer_dir.exists():  # a word-level tokenizer: the check feeds token ids directly
-        AutoTokenizer.from_pretrained(bench.random_model_dir(check.workdir / "random", 64)).save_pretrained(tokenizer_dir)
+        AutoTokenizer.from_pretrained(measure.random_model_dir(check.workdir / "random", 64)).save_pretrained(tokenizer_dir)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
     check.facts[preset] = dict(path=path, params=params, bf16_bytes=bf16, nf4_bytes=nf4, config=config)
     check.add(preset, "model", f"{params / 1e6:,.1f}M linear params",
@@ -381,8 +382,8 @@ def train(check: Check, preset: str) -> None:
         model, "student", optimizer, prompts, answers, advantages, kl_coef=s["kl_coef"], pad_token_id=0,
         micro_batch=s["micro_batch"], max_new_tokens=s["student_max_tokens"])
     with oom_retries() as retries:
-        bench.timed_call(step, check.device)  # the first step also sets up the optimizer's moments
-        seconds = bench.timed_call(step, check.device)[1]
+        measure.timed_call(step, check.device)  # the first step also sets up the optimizer's moments
+        seconds = measure.timed_call(step, check.device)[1]
     tokens = rows * (s["prompt_tokens"] + s["student_max_tokens"])
     tflops = 6 * check.facts[preset]["params"] * tokens / seconds / 1e12
     check.facts[preset] |= dict(train_tokens_per_s=tokens / seconds, tflops=tflops)
@@ -417,12 +418,12 @@ def decode(check: Check, preset: str) -> None:
                               generator=torch.Generator().manual_seed(0))
 
     def theirs(tokens):
-        return bench.hf_generate(model, prompts, n=group, max_new_tokens=tokens, temperature=1.0,
+        return measure.hf_generate(model, prompts, n=group, max_new_tokens=tokens, temperature=1.0,
                                  eos=never, pad_id=0, seed=0)
 
     # Bytes one decode step reads: the weights (base and the active adapter) and, on average over
     # the answer, the KV cache of every row at its mean length.
-    config, weights = model.config, bench.tensor_bytes(model)
+    config, weights = model.config, measure.tensor_bytes(model)
     kv = rows * (prompt_len + length / 2) * config.num_hidden_layers * kv_bytes_per_token(config)
     step_bytes = weights["base"] + weights["adapter"] + kv
     bandwidth = check.facts.get("bandwidth")
@@ -433,8 +434,8 @@ def decode(check: Check, preset: str) -> None:
     reset_peak(check.device)
     check.doing = f"sampling {rows} rows"
     with torch.no_grad(), oom_retries() as retries:
-        prefill = bench.timed_call(lambda: ours(1), check.device)[1]
-        total = bench.timed_call(lambda: ours(length), check.device)[1]
+        prefill = measure.timed_call(lambda: ours(1), check.device)[1]
+        total = measure.timed_call(lambda: ours(length), check.device)[1]
     peak_row(check, preset, "sample", "peak, sampling",
              retries.note() + f"{rows} rows ({len(prompts)} prompts x {group}) of {prompt_len} + {length} "
              f"tokens", rows=rows)
@@ -444,8 +445,8 @@ def decode(check: Check, preset: str) -> None:
         if seconds is None:
             with torch.no_grad():
                 fn(2)  # warm-up
-                seconds = (bench.timed_call(lambda: fn(1), check.device)[1],
-                           bench.timed_call(lambda: fn(length), check.device)[1])
+                seconds = (measure.timed_call(lambda: fn(1), check.device)[1],
+                           measure.timed_call(lambda: fn(length), check.device)[1])
         rates[name] = rows * (length - 1) / max(seconds[1] - seconds[0], 1e-9)
         share = f"{rates[name] / bound:.0%} of the bound" if bound else "no bandwidth measured"
         vs = "" if name == "sampler" else f"; sampler / generate {rates['sampler'] / rates[name]:.2f}x"
@@ -515,7 +516,7 @@ def tiny_world(check: Check) -> None:
         w = train.World(cfg, model, tokenizer, hard_train, hard_test, Processes())
         check.doing = "tiny world: one outer step"
         job = check.workdir / "tiny" / "soar"
-        seconds = bench.timed_call(lambda: train.run_teacher(w, "soar", cfg.seed, job), check.device)[1]
+        seconds = measure.timed_call(lambda: train.run_teacher(w, "soar", cfg.seed, job), check.device)[1]
     finally:
         torch.set_num_threads(threads)
     times = read_jsonl(job / "metrics.jsonl")[0]["times"]
@@ -549,7 +550,7 @@ def measure_tiny_step_here() -> Row:
 def print_report(check: Check) -> None:
     print(f"\n--gpu-check on {check.facts.get('device', check.device)}: weights {check.quant} "
           f"({check.quant_why}){'; DRY RUN, toy shapes on the CPU' if check.dry else ''}")
-    bench.print_table(["part", "what", "measured", "README / reference", "notes"],
+    measure.print_table(["part", "what", "measured", "README / reference", "notes"],
                       [[r.part, r.what, r.measured, r.expected, r.notes] for r in check.rows])
     wall = time.monotonic() - check.start
     print(f"\nparts: {', '.join(f'{k} {v:.0f} s' for k, v in check.part_seconds.items())}; "
