@@ -2,7 +2,7 @@
 #   make tiny    the built-in tiny world: SOAR against its baselines on a CPU (about 30 minutes)
 #   make test    the test suite (about 8 minutes on 2 CPU cores); CI runs this
 #   make test-fast   the suite less the tests marked slow (real model, several processes,
-#                train.py end to end): the quick loop while changing code
+#                train.py or bench.py end to end): the quick loop while changing code (docs/testing.md)
 # TORCH is what pip installs for torch when the venv has none: the CPU build by default; on a
 # GPU machine give your CUDA build, e.g. `make tiny TORCH="torch --index-url <your CUDA index>"`.
 PYTHON ?= python3
