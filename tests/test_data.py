@@ -13,6 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 import build_hard
 import sampler
 from data import benchmarks
+from data import hard
 from data.benchmarks import BenchmarkUnavailable, ProblemFileError, load_problems
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,20 +135,20 @@ def tiny_llama(tmp_path_factory):
 
 
 def run_build(model, tokenizer, out_dir, **kw):
-    return build_hard.build_hard(model, tokenizer, PROBLEMS, 3, out_dir=out_dir, chat_template=False,
+    return hard.build_hard(model, tokenizer, PROBLEMS, 3, out_dir=out_dir, chat_template=False,
                                  max_new_tokens=6, chunk_problems=2, seed=1, progress=False, **kw)
 
 
 def test_build_hard_keeps_unsolved_problems_and_splits_them(tiny_llama, tmp_path, monkeypatch):
     model, tokenizer, _ = tiny_llama
-    real_check_many = build_hard.check_many
+    real_check_many = hard.check_many
 
     def grade_by_rule(texts, golds, timeout):
         """Real checks for the golds' self-check; every sample counts as solving golds 3 and 7."""
         if all(t.startswith("\\boxed{") for t in texts):
             return real_check_many(texts, golds, timeout)
         return [g in ("3", "7") for g in golds]
-    monkeypatch.setattr(build_hard, "check_many", grade_by_rule)
+    monkeypatch.setattr(hard, "check_many", grade_by_rule)
     train, test, stats = run_build(model, tokenizer, tmp_path)
     assert stats["pool_size"] == 7 and stats["invalid_gold"] == 1
     assert stats["solve_count_histogram"] == {"0": 4, "3": 2}
@@ -192,7 +193,7 @@ def test_build_hard_refuses_a_folder_built_with_other_settings(tiny_llama, tmp_p
     model, tokenizer, _ = tiny_llama
     run_build(model, tokenizer, tmp_path)
     with pytest.raises(SystemExit, match="other settings"):
-        build_hard.build_hard(model, tokenizer, PROBLEMS, 5, out_dir=tmp_path, chat_template=False,
+        hard.build_hard(model, tokenizer, PROBLEMS, 5, out_dir=tmp_path, chat_template=False,
                               max_new_tokens=6, chunk_problems=2, seed=1, progress=False)
 
 
@@ -201,7 +202,7 @@ def test_build_hard_command_line_writes_the_hard_set_where_train_looks(tiny_llam
     dataset = write(tmp_path / "mini.jsonl", "".join(json.dumps(p) + "\n" for p in PROBLEMS[:3]))
     build_hard.main(["--model", str(model_path), "--dataset", str(dataset), "--k", "2", "--limit", "2",
                      "--max-new-tokens", "4", "--out-dir", str(tmp_path / "hard"), "--chat-template", "off"])
-    train_path, test_path = build_hard.hard_set_paths(tmp_path / "hard", str(model_path), str(dataset))
+    train_path, test_path = hard.hard_set_paths(tmp_path / "hard", str(model_path), str(dataset))
     assert train_path.parent == tmp_path / "hard" / model_path.name / "mini"
     stats = json.loads((train_path.parent / "stats.json").read_text())
     assert stats["pool_size"] == 2 and stats["settings"]["k"] == 2
@@ -210,10 +211,10 @@ def test_build_hard_command_line_writes_the_hard_set_where_train_looks(tiny_llam
 
 
 def test_rounds_add_up_to_k_and_double_what_was_drawn():
-    assert build_hard.round_sizes(128, 8) == [8, 8, 16, 32, 64]
-    assert build_hard.round_sizes(3, 8) == [3]
-    assert build_hard.round_sizes(10, 4) == [4, 4, 2]
-    assert all(sum(build_hard.round_sizes(k, f)) == k for k in range(1, 40) for f in (1, 3, 8))
+    assert hard.round_sizes(128, 8) == [8, 8, 16, 32, 64]
+    assert hard.round_sizes(3, 8) == [3]
+    assert hard.round_sizes(10, 4) == [4, 4, 2]
+    assert all(sum(hard.round_sizes(k, f)) == k for k in range(1, 40) for f in (1, 3, 8))
 
 
 def test_rounds_stop_a_problem_at_its_first_success_and_give_the_unsolved_all_k(tiny_llama, tmp_path,
@@ -222,7 +223,7 @@ def test_rounds_stop_a_problem_at_its_first_success_and_give_the_unsolved_all_k(
     of 1, 1, 2, 1 samples gold 3 takes 1 sample, gold 7 takes 4, the others all 5, and the hard
     set is the one all k samples give."""
     model, tokenizer, _ = tiny_llama
-    real_check_many = build_hard.check_many
+    real_check_many = hard.check_many
 
     def grade_by_rule(texts, golds, timeout):
         if all(t.startswith("\\boxed{") for t in texts):
@@ -232,15 +233,15 @@ def test_rounds_stop_a_problem_at_its_first_success_and_give_the_unsolved_all_k(
             seen[g] = seen.get(g, 0) + 1
             out.append(g == "3" or (g == "7" and seen[g] == 3))
         return out
-    monkeypatch.setattr(build_hard, "check_many", grade_by_rule)
+    monkeypatch.setattr(hard, "check_many", grade_by_rule)
     builds = {}
     for all_k in (False, True):
         seen = {}
-        builds[all_k] = build_hard.build_hard(model, tokenizer, PROBLEMS, 5, out_dir=tmp_path / str(all_k),
+        builds[all_k] = hard.build_hard(model, tokenizer, PROBLEMS, 5, out_dir=tmp_path / str(all_k),
                                               chat_template=False, max_new_tokens=4, chunk_problems=7,
                                               first_round=1, all_k=all_k, seed=1, progress=False)
     train, test, stats = builds[False]
-    rows = {r["answer"]: r for r in build_hard.read_jsonl(tmp_path / "False" / "results.jsonl")}
+    rows = {r["answer"]: r for r in hard.read_jsonl(tmp_path / "False" / "results.jsonl")}
     assert stats["settings"]["rounds"] == [1, 1, 2, 1]
     assert (rows["3"]["samples"], rows["3"]["n_correct"]) == (1, 1)
     assert (rows["7"]["samples"], rows["7"]["n_correct"]) == (4, 1)
@@ -279,7 +280,7 @@ def test_two_processes_build_the_same_hard_set_as_one(tiny_llama, tmp_path):
                            "--out-dir", str(tmp_path / "two")], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    folder = build_hard.hard_set_paths(tmp_path / "one", str(model_path), str(dataset))[0].parent
+    folder = hard.hard_set_paths(tmp_path / "one", str(model_path), str(dataset))[0].parent
     for name in ("results.jsonl", "hard_train.jsonl", "hard_test.jsonl", "stats.json"):
         assert (tmp_path / "two" / folder.relative_to(tmp_path / "one") / name).read_text() == \
             (folder / name).read_text()

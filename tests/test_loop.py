@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from config import EVALUATED, SMOKE, Config, parse_config
+from report import PAIRED, paired_differences, t_quantile, teacher_trends
 from models import adapter_state, load_adapter_state, load_model, make_optimizer, policy_gradient_step
 from rewards import pass_at_k
 from run_dir import load_checkpoint, prepare_run_dir, read_jsonl
@@ -67,9 +69,9 @@ def test_vendi_score_counts_effectively_distinct_questions():
 
 
 def test_t_quantile_matches_student_t_tables():
-    assert train.t_quantile(0.975, 1) == pytest.approx(12.706, abs=1e-3)
-    assert train.t_quantile(0.975, 2) == pytest.approx(4.303, abs=1e-3)
-    assert train.t_quantile(0.975, 10) == pytest.approx(2.228, abs=1e-3)
+    assert t_quantile(0.975, 1) == pytest.approx(12.706, abs=1e-3)
+    assert t_quantile(0.975, 2) == pytest.approx(4.303, abs=1e-3)
+    assert t_quantile(0.975, 10) == pytest.approx(2.228, abs=1e-3)
 
 
 def test_paired_differences_pair_seeds_and_count_wins():
@@ -79,12 +81,12 @@ def test_paired_differences_pair_seeds_and_count_wins():
                 1: {"soar_pq": result(0.3), "hard_only": result(0.2)},
                 2: {"soar_pq": result(0.1), "hard_only": result(0.2)},
                 3: {"hard_only": result(0.9)}}  # seed 3 lacks soar_pq: not paired
-    cell = train.paired_differences(per_seed)["soar_pq - hard_only"]["8"]
+    cell = paired_differences(per_seed)["soar_pq - hard_only"]["8"]
     assert cell["n_seeds"] == 3 and cell["wins"] == 2
     assert cell["mean"] == pytest.approx((0.4 + 0.1 - 0.1) / 3)
     half = 4.303 * cell["sd"] / 3 ** 0.5
     assert cell["ci95"] == pytest.approx([cell["mean"] - half, cell["mean"] + half], abs=1e-3)
-    assert "grounded_t - base_t" not in train.paired_differences(per_seed)
+    assert "grounded_t - base_t" not in paired_differences(per_seed)
 
 
 def test_teacher_trends_are_per_seed_slopes_per_ten_steps(tmp_path):
@@ -96,7 +98,7 @@ def test_teacher_trends_are_per_seed_slopes_per_ten_steps(tmp_path):
         path = tmp_path / f"seed{seed}" / "soar" / "metrics.jsonl"
         path.parent.mkdir(parents=True)
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    trends = train.teacher_trends(tmp_path, [0, 1])
+    trends = teacher_trends(tmp_path, [0, 1])
     cell = trends["soar"]["stepping_stone / 10 steps"]
     assert cell["mean"] == pytest.approx(0.2) and cell["n_seeds"] == 2
     half = 12.706 * cell["sd"] / 2 ** 0.5
@@ -219,7 +221,7 @@ def test_4bit_base_trains_lora_on_cpu(lm_dir):
 def test_a_student_step_without_signal_is_reported_as_such_and_changes_nothing(shared):
     from student import rloo_step
     model, tokenizer = shared
-    cfg = train.Config(**{**train.SMOKE, "chat_template": "off"})
+    cfg = Config(**{**SMOKE, "chat_template": "off"})
     optimizer, scheduler = make_optimizer(model, "student", 1e-2, total_steps=4)
     before = adapter_state(model, "student")
     # no answer can be right: every reward is 0, so every RLOO advantage is 0
@@ -348,7 +350,7 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(lm_d
 ])
 def test_bad_settings_fail_with_a_message_naming_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.parse_config(argv)
+        parse_config(argv)
     assert exit_info.value.code != 0
     assert message in capsys.readouterr().err
 
@@ -406,8 +408,8 @@ def test_every_method_runs_and_lands_in_the_table_and_the_paired_comparisons(lm_
     out = tmp_path / "run"
     train.main(_smoke_args(lm_dir, problem_files, out, "--seeds", "2"))
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["pass_at_k"]) == set(train.METHOD_ORDER)
-    assert set(summary["paired_differences"]) == {f"{a} - {b}" for a, b in train.PAIRED}
+    assert set(summary["pass_at_k"]) == set(EVALUATED)
+    assert set(summary["paired_differences"]) == {f"{a} - {b}" for a, b in PAIRED}
     assert all(cell["n_seeds"] == 2 for row in summary["paired_differences"].values()
                for cell in row.values())
     for seed in (0, 1):  # Grounded-T's questions come from SOAR's final teacher
@@ -620,7 +622,7 @@ def test_corrupt_checkpoint_is_named_and_left_in_place(lm_dir, problem_files, tm
 
 def test_resume_of_a_folder_without_a_run_says_so(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        train.parse_config(["--resume", str(tmp_path)])
+        parse_config(["--resume", str(tmp_path)])
     assert "cannot read" in capsys.readouterr().err
 
 

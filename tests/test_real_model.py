@@ -13,6 +13,8 @@ from transformers import AutoModelForCausalLM
 import build_hard
 import sampler
 import train
+from config import EVALUATED, SMOKE, Config
+from data.hard import hard_set_paths
 from models import (adapter_state, encode_prompt, eos_ids, load_adapter_state, load_model,
                     make_optimizer, resolve_model, save_adapter)
 import student
@@ -50,7 +52,7 @@ def hard_files(smol_dir, tmp_path_factory) -> tuple[Path, Path]:
     args = ["--model", "smol", "--dataset", str(REAL / "math500_test.jsonl"), "--k", "2",
             "--limit", "4", "--max-new-tokens", "24", "--out-dir", str(out)]
     build_hard.main(args)
-    return build_hard.hard_set_paths(out, "smol", str(REAL / "math500_test.jsonl"))
+    return hard_set_paths(out, "smol", str(REAL / "math500_test.jsonl"))
 
 
 def test_smol_stops_at_the_end_of_its_turn_and_prompts_through_its_chat_template(smol):
@@ -86,7 +88,7 @@ def test_a_student_step_on_real_answers_moves_the_real_model_towards_the_right_o
     """Real tokens, chat template and checker; the two answers are given, not sampled, so the
     step does not hang on how often a 135M model happens to box an answer under one seed."""
     model, tokenizer = smol
-    cfg = train.Config(**{**train.SMOKE, "chat_template": "on", "group_size": 2})
+    cfg = Config(**{**SMOKE, "chat_template": "on", "group_size": 2})
     problems = [{"problem": "What is 2 + 3?", "answer": "5"}]
     prompt = encode_problems(tokenizer, problems, chat_template=True)[0]
     texts = ["2 + 3 = 5, so the answer is \\boxed{5}.", "2 + 3 = 6, so the answer is \\boxed{6}."]
@@ -115,7 +117,7 @@ def test_a_teacher_update_on_real_samples_trains_only_the_teacher(smol):
     other = "<question>How many sides has a square?</question><answer>\\boxed{4}</answer><|im_end|>"
     datasets = [[{"prompt_ids": prompt, "completion_ids": tokenizer(text)["input_ids"]}]
                 for text in (pair, other)]
-    cfg = train.Config(**{**train.SMOKE, "chat_template": "on"})
+    cfg = Config(**{**SMOKE, "chat_template": "on"})
     optimizer, scheduler = make_optimizer(model, "teacher", 1e-3, total_steps=4)
     before = {role: adapter_state(model, role) for role in ("teacher", "student")}
     model.set_adapter("teacher")
@@ -161,7 +163,7 @@ def test_every_method_runs_on_the_real_model_and_resumes_to_the_same_metrics(
     config = json.loads((out / "config.json").read_text())
     assert config["chat_template"] == "on" and config["quant"] == "none"
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["pass_at_k"]) == set(train.METHOD_ORDER)
+    assert set(summary["pass_at_k"]) == set(EVALUATED)
     rows = read_jsonl(out / "seed0" / "soar" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1]
     # what the teacher did follows from its step's rewards (the 135M teacher rarely writes a pair)

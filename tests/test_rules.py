@@ -6,6 +6,7 @@ longer inner loop), KL's sign, the learning-rate schedule and pass@k.
 The outer loop's wiring is tested by running `run_teacher` itself with the expensive stages
 (teacher sampling, the students' training) replaced by scripted ones, so every number it acts on
 is known. `tools/mutants.py` plants the bugs these tests exist to catch."""
+import contextlib
 import random
 import statistics
 from types import SimpleNamespace
@@ -14,18 +15,22 @@ import pytest
 import torch
 from tqdm import tqdm
 
-# Where each piece lives. The outer loop is train.py's; pass_at_k_result and pass_at_k_table are
-# the evaluation's (train.py today), World and Config the run's shared set-up.
+# Where each piece lives: the outer loop is train.py's, pass_at_k_result evaluate.py's, the
+# pass@k table report.py's, World parallel.py's and Config config.py's.
+import evaluate as evaluation
 import models
 import student
 import teacher
 import train
-import train as evaluation
+from config import SMOKE, Config
 from models import adapter_state, load_adapter_state, load_model, make_optimizer, policy_gradient_step
 from parallel import generators
 from rewards import pass_at_k, rloo_advantages
 from sampler import completion_logprobs
-from train import Config, World, grounded_rewards, promote, run_teacher, update_window
+from parallel import World
+from report import pass_at_k_table
+from run_dir import read_jsonl
+from train import grounded_rewards, promote, run_teacher, update_window
 
 
 class OneProcess:
@@ -100,12 +105,16 @@ def test_the_window_keeps_only_the_last_rewards_and_averages_them():
 
 # ---- the grounded reward ---------------------------------------------------------------------------
 
-def test_grounded_reward_is_each_copy_s_accuracy_minus_the_baseline_s(monkeypatch):
+@pytest.mark.parametrize("streams, measure", [("independent", "greedy"), ("common", "sampled")])
+def test_grounded_reward_is_each_copy_s_accuracy_minus_the_baseline_s(monkeypatch, streams, measure):
     """g=2 datasets x r=3 copies with a scripted student: training copy (k, j) leaves the student
     in a state that remembers its dataset and its own draw, and the accuracy of a state is a
     function of both. Alternatives (baseline - copy, rewards indexed k*g+j or j*g+k, a copy that
-    starts from the last copy instead of the baseline) all give other numbers."""
-    model = SimpleNamespace(state=None)
+    starts from the last copy instead of the baseline) all give other numbers. Every measure is
+    returned; --reward-measure picks the one that rewards the teacher; with common streams copy
+    j of every dataset draws from the same generators."""
+    baseline, unit = {"data": "baseline"}, (0, "soar", 4)
+    model = SimpleNamespace(state=baseline)
     started_from = {}
 
     def scripted_train(model, tokenizer, problems, steps, cfg, generator, rng, times):
@@ -117,22 +126,29 @@ def test_grounded_reward_is_each_copy_s_accuracy_minus_the_baseline_s(monkeypatc
     def accuracy(state):
         return round(state["draw"], 3) + (0.5 if state["data"] == "X1" else 0.0)
 
-    monkeypatch.setattr(train, "load_adapter_state", lambda m, role, state: setattr(m, "state", state))
+    monkeypatch.setattr(models, "load_adapter_state", lambda m, role, state: setattr(m, "state", state))
+    monkeypatch.setattr(models, "adapter_state", lambda m, role: m.state)
     monkeypatch.setattr(train, "adapter_state", lambda m, role: m.state)
     monkeypatch.setattr(train, "train_student", scripted_train)
-    monkeypatch.setattr(train, "greedy_accuracy", lambda m, tok, q, cfg, times: accuracy(m.state))
-    w = SimpleNamespace(model=model, tokenizer=None, cfg=SimpleNamespace(r=3), procs=OneProcess())
+    monkeypatch.setattr(train, "progress_measures", lambda m, tok, q, cfg, gen, times: {
+        "greedy": accuracy(m.state), "sampled": accuracy(m.state) / 2})
+    cfg = SimpleNamespace(r=3, copy_streams=streams, reward_measure=measure)
+    w = SimpleNamespace(model=model, tokenizer=None, cfg=cfg, procs=OneProcess())
     datasets = [[{"problem": "X0"}], [{"problem": "X1"}]]
-    baseline, unit = {"data": "baseline"}, (0, "soar", 4)
+    base_measures = {"greedy": 0.25, "sampled": 0.1}
 
-    rewards, copies, updates = grounded_rewards(w, datasets, ["q"], baseline, 0.25, 3, unit, {})
+    rewards, by_measure, copies, updates = grounded_rewards(w, datasets, ["q"], baseline,
+                                                            base_measures, 3, unit, {})
 
+    assert rewards == by_measure[measure]
     for k in range(2):
         for j in range(3):
-            draw = generators(*unit, k, j)[1].random()
+            identity = (*unit, "copy", j) if streams == "common" else (*unit, k, j)
+            draw = generators(*identity)[1].random()
             expected = {"data": f"X{k}", "draw": draw, "steps": 3}
             assert copies[(k, j)] == expected
-            assert rewards[k][j] == pytest.approx(accuracy(expected) - 0.25)
+            assert by_measure["greedy"][k][j] == pytest.approx(accuracy(expected) - 0.25)
+            assert by_measure["sampled"][k][j] == pytest.approx(accuracy(expected) / 2 - 0.1)
             assert started_from[draw] == baseline
     assert model.state == baseline  # the copies are thrown away
     assert updates == {"applied": 2 * 3 * 3}
@@ -195,7 +211,7 @@ def run_scripted(method, shared, monkeypatch, tmp_path):
                   "completion_ids": [2]} for i in range(count)]
         return pairs, [{"completion": "", "valid": True}] * count
 
-    def scripted_rewards(w, datasets, q_r, baseline, baseline_acc, steps, unit, times):
+    def scripted_rewards(w, datasets, q_r, baseline, baseline_measures, steps, unit, times):
         seen["steps"].append(steps)
         seen["baselines"].append(baseline)
         seen["datasets"].append(datasets)
@@ -204,7 +220,7 @@ def run_scripted(method, shared, monkeypatch, tmp_path):
         # process 0 trained the units map gives it; process 1 the others
         mine = {kj: copy_state(*kj) for i, kj in enumerate(units) if procs.owner(i) == 0}
         procs.held_by_1 = {1: copy_state(1, 2)}  # what process 1 sends if asked for copy (1, 2)
-        return STEP_REWARDS[unit[2]], mine, {"applied": 1}
+        return STEP_REWARDS[unit[2]], {"greedy": STEP_REWARDS[unit[2]]}, mine, {"applied": 1}
 
     def scripted_teacher_update(model, tokenizer, optimizer, scheduler, datasets, rewards, cfg):
         seen["teacher_rewards"].append(rewards)
@@ -226,7 +242,7 @@ def run_scripted(method, shared, monkeypatch, tmp_path):
                         lambda w, datasets, unit, times: ([[0.5]] * len(datasets), {}, {}))
     state = run_teacher(w, method, 0, tmp_path)
     load_adapter_state(model, "student", base)
-    rows = train.read_jsonl(tmp_path / "metrics.jsonl")
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
     return state, seen, rows, copy_state
 
 
@@ -298,16 +314,20 @@ def test_the_teacher_learning_rate_warms_up_then_decays_over_the_outer_steps(scr
 
 # ---- the teacher's update ----------------------------------------------------------------------------
 
-def test_every_teacher_sample_gets_its_own_dataset_s_leave_one_out_advantage(monkeypatch):
+@pytest.mark.parametrize("tokens", ["all", "question"])
+def test_every_teacher_sample_gets_its_own_dataset_s_leave_one_out_advantage(monkeypatch, tokens):
+    """... on all of its tokens, or (--teacher-tokens question) on its own question's tokens."""
     captured = {}
 
     def capture(model, role, optimizer, prompt_ids, completion_ids, advantages, **kw):
-        captured.update(role=role, completions=completion_ids, advantages=advantages.tolist())
+        captured.update(role=role, completions=completion_ids, advantages=advantages.tolist(),
+                        scored=kw["scored_tokens"])
         return {"loss": 0.0, "kl": 0.0, "skipped": 0}
     monkeypatch.setattr(teacher, "policy_gradient_step", capture)
     rewards = [0.4, 0.1, 0.0]  # advantages 0.35, -0.1, -0.25: each dataset's differs
-    datasets = [[{"prompt_ids": [1], "completion_ids": [10 * k + i]} for i in range(2)] for k in range(3)]
-    cfg = SimpleNamespace(kl_coef=0.0, micro_batch=4, teacher_max_tokens=8)
+    datasets = [[{"prompt_ids": [1], "completion_ids": [10 * k + i], "question_tokens": 5 + 2 * k + i}
+                 for i in range(2)] for k in range(3)]
+    cfg = SimpleNamespace(kl_coef=0.0, micro_batch=4, teacher_max_tokens=8, teacher_tokens=tokens)
     stats = teacher.teacher_update(None, SimpleNamespace(pad_token_id=0), None,
                                    SimpleNamespace(step=lambda: None), datasets, rewards, cfg)
     assert stats["update"] == "applied" and captured["role"] == "teacher"
@@ -315,6 +335,10 @@ def test_every_teacher_sample_gets_its_own_dataset_s_leave_one_out_advantage(mon
                 for k in range(3) for i in range(2)}
     got = {c[0]: a for c, a in zip(captured["completions"], captured["advantages"])}
     assert got == pytest.approx(expected)
+    if tokens == "all":
+        assert captured["scored"] is None
+    else:  # completion 10k + i is sample i of dataset k, with 5 + 2k + i question tokens
+        assert captured["scored"] == [5 + 2 * (c[0] // 10) + c[0] % 10 for c in captured["completions"]]
 
 
 def logp_gap(model, prompt, first, second, pad):
@@ -371,7 +395,7 @@ def test_a_student_step_gives_each_answer_the_leave_one_out_advantage_of_its_gro
     scripted_answers(monkeypatch, [r"\boxed{5}", r"\boxed{6}", r"\boxed{6}",
                                    r"\boxed{7}", r"\boxed{7}", r"\boxed{8}"])
     batch = [{"problem": "Compute 2+3.", "answer": "5"}, {"problem": "Compute 3+4.", "answer": "7"}]
-    cfg = Config(**{**train.SMOKE, "chat_template": "off", "group_size": 3})
+    cfg = Config(**{**SMOKE, "chat_template": "off", "group_size": 3})
     stats = student.rloo_step(model, tokenizer, None, SimpleNamespace(step=lambda: None), batch, cfg,
                               None, {})
     expected = rloo_advantages(torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])).flatten().tolist()
@@ -385,7 +409,7 @@ def test_a_student_step_moves_probability_towards_the_right_answer(monkeypatch, 
     start = adapter_state(model, "student")
     scripted_answers(monkeypatch, [r"\boxed{5}", r"\boxed{6}"])  # rows: [5] right, [6] wrong
     batch = [{"problem": "Compute 2+3.", "answer": "5"}]
-    cfg = Config(**{**train.SMOKE, "chat_template": "off", "group_size": 2})
+    cfg = Config(**{**SMOKE, "chat_template": "off", "group_size": 2})
     prompt = student.encode_problems(tokenizer, batch, chat_template=False)[0]
     model.set_adapter("student")
     before = logp_gap(model, prompt, [5], [6], tokenizer.pad_token_id)
@@ -460,7 +484,7 @@ def test_an_inner_loop_schedules_its_learning_rate_over_its_own_steps(monkeypatc
 
 def test_pass_at_k_is_the_mean_over_problems_of_the_unbiased_estimate(monkeypatch):
     counts = {"p0": 0, "p1": 4, "p2": 1, "p3": 2, "p4": 3}  # of 4 samples; 3 units of 2, 2, 1 problems
-    monkeypatch.setattr(evaluation, "load_adapter_state", lambda *a: None)
+    monkeypatch.setattr(evaluation, "adapter_weights", lambda *a: contextlib.nullcontext())
     monkeypatch.setattr(evaluation, "correct_counts",
                         lambda model, tok, problems, n, cfg, gen: [counts[p["problem"]] for p in problems])
     cfg = SimpleNamespace(sample_batch=8, eval_samples=4, ks="1,2,4")
@@ -481,7 +505,7 @@ def test_the_pass_at_k_table_averages_each_method_over_its_seeds():
     per_seed = {0: {"base": result([0.1, 0.3]), "soar_pq": result([0.2, 0.5])},
                 1: {"base": result([0.3, 0.5]), "soar_pq": result([0.4, 0.6])},
                 2: {"base": result([0.2, 0.7])}}  # seed 2 has no soar_pq
-    table = evaluation.pass_at_k_table(per_seed)
+    table = pass_at_k_table(per_seed)
     assert table["base"]["1"]["mean"] == pytest.approx(0.2) and table["base"]["4"]["n_seeds"] == 3
     assert table["base"]["4"]["sd"] == pytest.approx(0.2)
     assert table["soar_pq"]["4"]["mean"] == pytest.approx(0.55) and table["soar_pq"]["4"]["n_seeds"] == 2

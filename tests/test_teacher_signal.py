@@ -6,6 +6,7 @@ import torch
 from models import adapter_params, load_model, micro_batch_grads
 from rewards import _pool, check_many
 from teacher import question_token_count
+from train import by_length
 
 
 @pytest.mark.parametrize("response, gold", [
@@ -55,3 +56,12 @@ def test_the_question_only_gradient_is_the_gradient_of_the_question_alone(lm_dir
     _, _, whole = micro_batch_grads(model, params, [prompt, prompt], completions, adv, **kw)
     assert all(torch.allclose(s, a, atol=1e-6) for s, a in zip(scored, alone))
     assert not all(torch.allclose(s, w, atol=1e-6) for s, w in zip(scored, whole))
+
+
+def test_common_streams_meet_each_dataset_in_order_of_question_length():
+    """Copy j of every dataset draws the same batch indices; arranged by length, those indices
+    land on like questions in every dataset (and the order does not depend on the dataset's)."""
+    data = [{"problem": p} for p in ("Compute 12345+54321.", "Compute 1+2.", "Compute 12+34.")]
+    assert [p["problem"] for p in by_length(data)] == ["Compute 1+2.", "Compute 12+34.",
+                                                      "Compute 12345+54321."]
+    assert by_length(data[::-1]) == by_length(data)
