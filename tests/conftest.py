@@ -5,9 +5,7 @@ one, so tests exercise the same `from_pretrained` path as `python train.py`.
 """
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,24 +25,8 @@ TEST_BUILD_OVERRIDES = dict(steps=250, batch_size=32, hidden_size=64, intermedia
 @pytest.fixture(scope="session")
 def lm_dir() -> Path:
     """HF-format directory of a toy-size tiny-world model (built once per machine)."""
-    from tiny.model import BUILD, build_model, model_dir
-    build = {**BUILD, **TEST_BUILD_OVERRIDES}
-    path = model_dir(0, build)
-    if not (path / "config.json").exists():
-        # built beside its place and renamed into it: a killed build never looks finished, and
-        # two test runs building at once both end with one whole model
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
-        try:
-            build_model(tmp, 0, build, progress=False)
-            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is for every user
-            tmp.rename(path)
-        except OSError:
-            if not (path / "config.json").exists():
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    from tiny.model import BUILD, built_model_dir
+    return built_model_dir(0, {**BUILD, **TEST_BUILD_OVERRIDES}, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -229,13 +229,19 @@ def _build_model(out_dir: Path, seed: int, build: dict, progress: bool) -> None:
 def tiny_model_path(seed: int = 0, progress: bool = True) -> Path:
     """The cached tiny model's directory, built if missing (about 5 minutes on 2 idle CPU cores,
     11 on a busy one, measured)."""
-    path = model_dir(seed, BUILD)
+    return built_model_dir(seed, BUILD, progress)
+
+
+def built_model_dir(seed: int, build: dict, progress: bool) -> Path:
+    """The cached model of (seed, build), built if missing: beside its place and renamed into it,
+    so a killed build never looks finished and two builds at once both end with one whole model."""
+    path = model_dir(seed, build)
     if not (path / "config.json").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        # build in a temporary directory and rename: a killed build never looks finished
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
         try:
-            build_model(tmp, seed, BUILD, progress)
+            build_model(tmp, seed, build, progress)
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is for every user
             tmp.rename(path)
         except OSError:
             if not (path / "config.json").exists():
