@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import evaluate
 import train
 from config import EVALUATED, SMOKE, Config, parse_config
 from report import PAIRED, paired_differences, t_quantile, teacher_trends
@@ -558,16 +559,16 @@ def test_a_run_interrupted_in_the_middle_of_a_fresh_student_resumes_to_the_same_
     train.main(_smoke_args(lm_dir, problem_files, tmp_path / "full", *args))
     out = tmp_path / "cut"
     job = out / "seed0" / "hard_only"
-    real_save = train.atomic_save
+    real_save = evaluate.atomic_save  # the fresh students' checkpoints are evaluate.py's
 
     def save_then_interrupt(obj, path):
         real_save(obj, path)
         if path == job / "checkpoint.pt":
             raise KeyboardInterrupt
-    monkeypatch.setattr(train, "atomic_save", save_then_interrupt)
+    monkeypatch.setattr(evaluate, "atomic_save", save_then_interrupt)
     with pytest.raises(SystemExit, match="--resume"):
         train.main(_smoke_args(lm_dir, problem_files, out, *args))
-    monkeypatch.setattr(train, "atomic_save", real_save)
+    monkeypatch.setattr(evaluate, "atomic_save", real_save)
     assert len(read_jsonl(job / "metrics.jsonl")) == 1 and not (job / "result.json").exists()
     train.main(["--resume", str(out)])
     full = comparable_run(tmp_path / "full")
