@@ -237,6 +237,7 @@ def run_scripted(method, shared, monkeypatch, tmp_path):
         seen["q_r"].append(problems)
         return 0.5
     monkeypatch.setattr(train, "spread_greedy_accuracy", baseline_accuracy)
+    monkeypatch.setattr(train, "sampled_accuracy", lambda *args: 0.25)  # the baseline's other measure
     # the intrinsic teacher's reward: learnability, here the same high value at every step
     monkeypatch.setattr(train, "intrinsic_rewards",
                         lambda w, datasets, unit, times: ([[0.5]] * len(datasets), {}, {}))
@@ -304,6 +305,13 @@ def test_the_teacher_is_rewarded_with_each_dataset_s_mean_over_copies(scripted_r
     for step, mean in enumerate(means):
         assert seen["teacher_rewards"][step] == pytest.approx(mean)
         assert rows[step]["dataset_rewards"] == pytest.approx(mean)
+
+
+def test_each_step_logs_every_measure_of_its_copies_and_of_the_baseline(scripted_run):
+    _, _, rows, _ = scripted_run
+    for step, row in enumerate(rows):
+        assert row["copy_rewards"] == {"greedy": STEP_REWARDS[step],
+                                       "baseline": {"greedy": 0.5, "sampled": 0.25}}
 
 
 def test_the_teacher_learning_rate_warms_up_then_decays_over_the_outer_steps(scripted_run):
