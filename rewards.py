@@ -265,7 +265,7 @@ _INTEGER_RE = re.compile(r"-?\d{1,50}")
 
 def _integer_verdict(response: str, gold: str) -> bool | None:
     """The check's verdict when the last box and the gold are both plain integers, else None.
-    Exact, and about a thousand times cheaper than a round trip to a worker: most answers of
+    Exact, and hundreds of times cheaper than a round trip to a worker: most answers of
     integer-answer worlds (and many of MATH's) need no parser."""
     if not _INTEGER_RE.fullmatch(gold.strip()):
         return None

@@ -90,9 +90,7 @@ def sample_pairs(model, tokenizer, count: int, cfg, generator, times) -> tuple[l
             records.append({"completion": text, "valid": i in valid, **(parsed[i] or {})})
             if i in valid:
                 pairs.append({**parsed[i], "prompt_ids": rollouts.prompt_ids[i],
-                              "completion_ids": rollouts.completion_ids[i],
-                              "question_tokens": question_token_count(
-                                  tokenizer, rollouts.completion_ids[i])})
+                              "completion_ids": rollouts.completion_ids[i]})
     return pairs[:count], records
 
 
@@ -121,7 +119,7 @@ def teacher_update(model, tokenizer, optimizer, scheduler, datasets: list[list[d
             torch.tensor([adv for _, adv in rows]), kl_coef=cfg.kl_coef,
             pad_token_id=tokenizer.pad_token_id, micro_batch=cfg.micro_batch,
             max_new_tokens=cfg.teacher_max_tokens,
-            scored_tokens=([p["question_tokens"] for p, _ in rows]
+            scored_tokens=([question_token_count(tokenizer, p["completion_ids"]) for p, _ in rows]
                            if cfg.teacher_tokens == "question" else None))
         stats["update"] = update_outcome(stats)
     scheduler.step()

@@ -333,10 +333,13 @@ def test_every_teacher_sample_gets_its_own_dataset_s_leave_one_out_advantage(mon
         return {"loss": 0.0, "kl": 0.0, "skipped": 0}
     monkeypatch.setattr(teacher, "policy_gradient_step", capture)
     rewards = [0.4, 0.1, 0.0]  # advantages 0.35, -0.1, -0.25: each dataset's differs
-    datasets = [[{"prompt_ids": [1], "completion_ids": [10 * k + i], "question_tokens": 5 + 2 * k + i}
+    # completion 10k + i (sample i of dataset k) closes its question after 5 + 2k + i tokens
+    datasets = [[{"prompt_ids": [1], "completion_ids": [10 * k + i] + [0] * (3 + 2 * k + i) + [-1, 0]}
                  for i in range(2)] for k in range(3)]
+    tokenizer = SimpleNamespace(pad_token_id=0, decode=lambda ids: "Q" * len(ids) + (
+        "</question>" if -1 in ids else ""))
     cfg = SimpleNamespace(kl_coef=0.0, micro_batch=4, teacher_max_tokens=8, teacher_tokens=tokens)
-    stats = teacher.teacher_update(None, SimpleNamespace(pad_token_id=0), None,
+    stats = teacher.teacher_update(None, tokenizer, None,
                                    SimpleNamespace(step=lambda: None), datasets, rewards, cfg)
     assert stats["update"] == "applied" and captured["role"] == "teacher"
     expected = {10 * k + i: rewards[k] - statistics.mean(rewards[:k] + rewards[k + 1:])
