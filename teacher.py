@@ -103,6 +103,12 @@ def split_datasets(pairs: list[dict], g: int) -> list[list[dict]] | None:
     return [pairs[k * size:(k + 1) * size] for k in range(g)]
 
 
+def by_length(data: list[dict]) -> list[dict]:
+    """A dataset arranged by question length: with common random streams, the same draws then
+    meet like questions in every dataset of a step."""
+    return sorted(data, key=lambda p: (len(p["problem"]), p["problem"]))
+
+
 def teacher_update(model, tokenizer, optimizer, scheduler, datasets: list[list[dict]],
                    dataset_rewards: list[float], cfg) -> dict:
     """RLOO across the g datasets: every sample of X_k gets advantage R_k - mean(R_other).

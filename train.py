@@ -39,7 +39,7 @@ from run_dir import (append_jsonl, atomic_save, atomic_write_text, external_logg
                      write_nothing)
 from student import (answer, correct_counts, greedy_correct, progress_measures, sampled_accuracy,
                      train_student)
-from teacher import question_diversity, sample_pairs, split_datasets, teacher_update
+from teacher import by_length, question_diversity, sample_pairs, split_datasets, teacher_update
 from tiny.model import tiny_hard_set, tiny_model_path
 from tiny.world import classify
 
@@ -80,10 +80,6 @@ def grounded_rewards(w: World, datasets, q_r, baseline, baseline_measures, steps
                       for k in range(len(datasets))] for m in baseline_measures}
     return (by_measure[w.cfg.reward_measure], by_measure, copies,
             dict(sum((c for _, c in results), Counter())))
-
-
-def by_length(data: list[dict]) -> list[dict]:
-    return sorted(data, key=lambda p: (len(p["problem"]), p["problem"]))
 
 
 def intrinsic_rewards(w: World, datasets, unit, times):

@@ -5,8 +5,7 @@ import torch
 
 from models import adapter_params, load_model, micro_batch_grads
 from rewards import _pool, check_many
-from teacher import question_token_count
-from train import by_length
+from teacher import by_length, question_token_count
 
 
 @pytest.mark.parametrize("response, gold", [

@@ -37,7 +37,8 @@ from rewards import extract_boxed
 from sampler import decode, sample
 from student import encode_problems, greedy_accuracy, train_student
 from run_dir import complete_rows
-from teacher import TEACHER_INSTRUCTION, sample_pairs, split_datasets, teacher_update, vendi_score
+from teacher import (TEACHER_INSTRUCTION, by_length, sample_pairs, split_datasets, teacher_update,
+                     vendi_score)
 from tiny import world
 from tiny.model import HARD, batch_tensors, encode_example, hard_dir, tiny_hard_set, tiny_model_path
 
@@ -327,7 +328,7 @@ def stream_chance(copies: int, flags: list[str], seed: int = 0) -> None:
     for streams in ("independent", "common"):
         rewards = {"greedy": [], "sampled": []}
         for k, data in enumerate(datasets):
-            data = sorted(data, key=lambda p: (len(p["problem"]), p["problem"])) if streams == "common" else data
+            data = by_length(data) if streams == "common" else data
             row = {"greedy": [], "sampled": []}
             for j in range(copies):
                 identity = (seed, "chance", j) if streams == "common" else (seed, "chance", k, j)
