@@ -28,6 +28,11 @@ TEACHERS = ("soar", "intrinsic")
 EVALUATED = tuple(m for m in METHOD_ORDER if m not in TEACHERS)  # the rows of the pass@k table
 
 
+def student_jobs(method: str, count: int) -> list[str]:
+    """The job folders of a method's `count` fresh students: the method's name, then name.1, ..."""
+    return [method] + [f"{method}.{i}" for i in range(1, count)]
+
+
 # ---- presets: the model each loads and the defaults it gives the flags --------------------------
 
 class Preset(NamedTuple):
@@ -126,8 +131,10 @@ class Config:
     temperature: float = setting(1.0, "sampling temperature of both roles (paper 1.0)")
     kl_coef: float = setting(0.001, "KL penalty to the base model (paper 0.001)")
     reward_measure: str = setting("greedy", "the student's standing on Q_R that rewards the teacher: "
-                                  "greedy accuracy (paper) or sampled (mean accuracy of "
-                                  "--measure-samples answers per problem); both are logged")
+                                  "greedy accuracy (paper), sampled (mean accuracy of "
+                                  "--measure-samples answers per problem) or solution (mean "
+                                  "log-probability of the problems' reference solutions; tiny "
+                                  "world); every available one is logged")
     measure_samples: int = setting(4, "sampled answers per Q_R problem for the sampled measure")
     copy_streams: str = setting("independent", "random streams of the student copies: independent "
                                 "(each copy its own) or common (copy j of every dataset the same "
@@ -138,6 +145,9 @@ class Config:
     pq_steps: int = setting(64, "RLOO steps on PQ / teacher-sampled questions before the hard set")
     sampled_questions: int = setting(128, "questions sampled from a teacher for Grounded-T, Intrinsic-T, "
                                            "Base-T (paper 128)")
+    fresh_students: int = setting(1, "fresh students per evaluated method and seed, each with its "
+                                  "own randomness (and its own sampled questions); the table "
+                                  "averages them")
     probe_every: int = setting(8, "fresh students: greedy hard-train accuracy every this many steps")
     # evaluation
     eval_samples: int = setting(32, "samples per hard-test problem for pass@k (paper 32)")
@@ -220,8 +230,8 @@ def config_problem(cfg: Config) -> str | None:
         return f"--checkpointing: {cfg.checkpointing!r} is not one of auto, on, off"
     if cfg.log not in ("none", "tensorboard", "wandb"):
         return f"--log: {cfg.log!r} is not one of none, tensorboard, wandb"
-    if cfg.reward_measure not in ("greedy", "sampled"):
-        return f"--reward-measure: {cfg.reward_measure!r} is not one of greedy, sampled"
+    if cfg.reward_measure not in ("greedy", "sampled", "solution"):
+        return f"--reward-measure: {cfg.reward_measure!r} is not one of greedy, sampled, solution"
     if cfg.copy_streams not in ("independent", "common"):
         return f"--copy-streams: {cfg.copy_streams!r} is not one of independent, common"
     if cfg.teacher_tokens not in ("all", "question"):
@@ -234,7 +244,7 @@ def config_problem(cfg: Config) -> str | None:
                 "group_size", "eval_samples", "micro_batch", "sample_batch", "ma_window",
                 "teacher_max_rounds", "teacher_max_tokens", "student_max_tokens",
                 "intrinsic_samples", "sampled_questions", "probe_every", "lora_rank",
-                "measure_samples"]
+                "measure_samples", "fresh_students"]
     for name in positive:
         if getattr(cfg, name) < 1:
             return f"--{name.replace('_', '-')} must be at least 1"

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from config import EVALUATED, METHOD_ORDER, TEACHERS  # noqa: E402
+from config import EVALUATED, METHOD_ORDER, TEACHERS, student_jobs  # noqa: E402
 from run_dir import read_jsonl  # noqa: E402
 from teacher import question_diversity  # noqa: E402
 
@@ -56,16 +56,26 @@ def summarize(run_dir: Path, quality=None) -> dict:
     teacher trends over the run's seeds, and its config."""
     config = read_json(run_dir / "config.json")
     seeds = range(config["seed"], config["seed"] + config["seeds"])
-    per_seed = {seed: read_results(run_dir / f"seed{seed}") for seed in seeds}
+    students = config.get("fresh_students", 1)
+    per_seed = {seed: read_results(run_dir / f"seed{seed}", students) for seed in seeds}
     return {"pass_at_k": pass_at_k_table(per_seed), "paired_differences": paired_differences(per_seed),
             "question_analysis": question_analysis(run_dir, seeds, quality),
-            "teacher_trends": teacher_trends(run_dir, seeds), "config": config}
+            "teacher_trends": teacher_trends(run_dir, seeds), "config": config,
+            "per_student": {m: per for m in EVALUATED
+                            if (per := {s: r[m]["students"] for s, r in per_seed.items() if m in r})}}
 
 
-def read_results(seed_dir: Path) -> dict:
-    """{method: its result.json} of the evaluated students of one seed."""
-    paths = {m: seed_dir / m / "result.json" for m in EVALUATED}
-    return {m: read_json(path) for m, path in paths.items() if path.is_file()}
+def read_results(seed_dir: Path, students: int = 1) -> dict:
+    """{method: {"pass_at_k": the mean over its fresh students, "students": each one's}} of the
+    evaluated students of one seed that finished."""
+    results = {}
+    for method in EVALUATED:
+        paths = [seed_dir / job / "result.json" for job in student_jobs(method, students)]
+        done = [read_json(path)["pass_at_k"] for path in paths if path.is_file()]
+        if done:
+            results[method] = {"pass_at_k": {k: statistics.mean(d[k] for d in done) for k in done[0]},
+                               "students": done}
+    return results
 
 
 def mean_sd(values: list[float]) -> dict:

@@ -18,6 +18,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from tqdm import tqdm
 
-from config import Config, parse_config
+from config import Config, parse_config, student_jobs
 from data.benchmarks import load_problems
 from data.hard import hard_set_paths
 from evaluate import evaluate, sample_teacher_questions, train_fresh_students
@@ -38,7 +39,7 @@ from run_dir import (append_jsonl, atomic_save, atomic_write_text, external_logg
                      forget_unfinished_steps, load_checkpoint, prepare_run_dir, write_jsonl,
                      write_nothing)
 from student import (answer, correct_counts, greedy_correct, progress_measures, sampled_accuracy,
-                     train_student)
+                     solution_logprob, train_student)
 from teacher import by_length, question_diversity, sample_pairs, split_datasets, teacher_update
 from tiny.model import tiny_hard_set, tiny_model_path
 from tiny.world import classify
@@ -148,6 +149,8 @@ def outer_step(w: World, method: str, seed: int, step: int, state: dict, optimiz
             # every process measures the baseline itself: the same draws give the same value
             baseline_measures = {"greedy": baseline_acc, "sampled": sampled_accuracy(
                 model, tokenizer, q_r, cfg, generators(*unit, "measure")[0], times)}
+            if all("solution" in p for p in q_r):
+                baseline_measures["solution"] = solution_logprob(model, tokenizer, q_r, cfg, times)
             rewards, measures, copies, student_updates = grounded_rewards(
                 w, datasets, q_r, state["baseline"], baseline_measures, steps, unit, times)
             measures["baseline"] = baseline_measures
@@ -287,7 +290,7 @@ def run_seed(w: World, seed: int, run_dir: Path) -> None:
     seed_dir = run_dir / f"seed{seed}"
 
     hard = [(w.hard_train, cfg.fresh_steps)]
-    jobs = {}
+    jobs = {}  # {job folder: the (questions, steps) phases of its fresh student}
     if "base" in methods:
         evaluate(w, None, "base", seed, seed_dir / "base")
     if "soar" in methods or "grounded_t" in methods:
@@ -295,20 +298,24 @@ def run_seed(w: World, seed: int, run_dir: Path) -> None:
     if "soar" in methods:
         evaluate(w, soar["baseline"], "soar_ps", seed, seed_dir / "soar_ps")
         pq = soar["promoted_questions"]
-        jobs["soar_pq"] = ([(pq, cfg.pq_steps)] if pq else []) + hard
+        jobs |= {job: ([(pq, cfg.pq_steps)] if pq else []) + hard
+                 for job in student_jobs("soar_pq", cfg.fresh_students)}
     if "hard_only" in methods:
-        jobs["hard_only"] = hard
+        jobs |= {job: hard for job in student_jobs("hard_only", cfg.fresh_students)}
     # Students of questions sampled from a teacher: the trained SOAR teacher (Grounded-T), the
-    # intrinsic-reward teacher (Intrinsic-T) and the untrained model (Base-T).
+    # intrinsic-reward teacher (Intrinsic-T) and the untrained model (Base-T). Each student gets
+    # its own sample of the teacher's questions.
     teachers = {"grounded_t": lambda: soar["teacher"],
                 "intrinsic_t": lambda: run_teacher(w, "intrinsic", seed, seed_dir / "intrinsic")["teacher"],
                 "base_t": lambda: w.fresh_teacher}
     for name in [m for m in teachers if m in methods]:
-        questions = sample_teacher_questions(w, teachers[name](), seed, name, seed_dir / name)
-        if not questions:
-            w.say(f"seed {seed} {name}: the teacher wrote no valid question; "
-                  "its student trains on the hard set alone")
-        jobs[name] = ([(questions, cfg.pq_steps)] if questions else []) + hard
+        teacher = teachers[name]()
+        for job in student_jobs(name, cfg.fresh_students):
+            questions = sample_teacher_questions(w, teacher, seed, job, seed_dir / job)
+            if not questions:
+                w.say(f"seed {seed} {job}: the teacher wrote no valid question; "
+                      "its student trains on the hard set alone")
+            jobs[job] = ([(questions, cfg.pq_steps)] if questions else []) + hard
     train_fresh_students(w, seed, jobs, seed_dir)
 
 
@@ -332,6 +339,9 @@ def load_hard_sets(cfg: Config) -> tuple[list[dict], list[dict]]:
 
 
 def main(argv: list[str]) -> None:
+    # the run's wall time counts from the launcher's start: the processes it starts inherit it
+    started = float(os.environ.get("SOAR_RUN_STARTED", time.time())) if launched() else time.time()
+    os.environ["SOAR_RUN_STARTED"] = str(started)
     cfg, resuming, processes = parse_config(argv, description=__doc__.split("\n\n")[0])
     run_dir = Path(cfg.out)
     if processes > 1 and not launched():
@@ -351,6 +361,10 @@ def main(argv: list[str]) -> None:
             path = str(tiny_model_path()) if cfg.model == "tiny" else resolve_model(cfg.model)
     except (ModelUnavailable, OSError, ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
+    if cfg.reward_measure == "solution" and not all("solution" in p for p in hard_train):
+        raise SystemExit("error: --reward-measure solution needs a reference solution (a \"solution\" "
+                         "field) on every hard train problem; the tiny world has them, a built hard "
+                         "set of a real benchmark does not")
     if cfg.q_r > len(hard_train) and procs.main:
         tqdm.write(f"warning: --q-r {cfg.q_r} is more than the {len(hard_train)} hard train "
                    "problems; Q_R will be the whole hard train set")
@@ -386,6 +400,8 @@ def main(argv: list[str]) -> None:
     if not procs.main:
         return
     summary = summarize(run_dir, quality=question_quality if cfg.model == "tiny" else None)
+    summary["run"] = {"argv": argv, "processes": procs.count, "cpus": os.cpu_count(),
+                      "wall_seconds": round(time.time() - started, 1), "resumed": resuming}
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     print_summary(summary)
     write_report(run_dir)

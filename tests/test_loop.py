@@ -348,6 +348,8 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(lm_d
     (["--ks", "0,1"], "every k must be at least 1"),
     (["--temperature", "-1"], "--temperature must not be negative"),
     (["--resume", "runs/x", "--smoke"], "drop --smoke"),
+    (["--fresh-students", "0"], "--fresh-students must be at least 1"),
+    (["--reward-measure", "loss"], "--reward-measure: 'loss' is not one of"),
 ])
 def test_bad_settings_fail_with_a_message_naming_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -426,6 +428,44 @@ def test_every_method_runs_and_lands_in_the_table_and_the_paired_comparisons(lm_
                 per_seed.append(sum(pass_at_k(4, c, int(k)) for c in counts) / len(counts))
             assert cell["mean"] == pytest.approx(sum(per_seed) / 2)
     assert "Grounded-T" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_first_outer_step_does_not_depend_on_the_number_of_steps(lm_dir, problem_files, tmp_path):
+    """A long run's first steps can be re-run short: its step-0 row is the short run's."""
+    rows = {}
+    for steps in (1, 3):
+        out = tmp_path / f"steps{steps}"
+        train.main(_smoke_args(lm_dir, problem_files, out, "--methods", "soar", "--outer-steps",
+                               str(steps), "--reward", "shaped", "--group-size", "4"))
+        rows[steps] = read_jsonl(out / "seed0" / "soar" / "metrics.jsonl")
+    assert [len(rows[1]), len(rows[3])] == [1, 3]
+    strip = lambda row: {k: v for k, v in row.items() if k != "times"}  # noqa: E731
+    assert strip(rows[3][0]) == strip(rows[1][0])
+
+
+@pytest.mark.slow
+def test_each_fresh_student_has_its_own_questions_and_the_table_averages_them(lm_dir, problem_files,
+                                                                             tmp_path):
+    out = tmp_path / "run"
+    argv = _smoke_args(lm_dir, problem_files, out, "--methods", "base_t,hard_only",
+                       "--fresh-students", "3")
+    train.main(argv)
+    for method in ("base_t", "hard_only"):
+        assert [(out / "seed0" / job / "result.json").is_file()
+                for job in (method, f"{method}.1", f"{method}.2")] == [True] * 3
+    questions = [read_jsonl(out / "seed0" / job / "sampled_questions.jsonl")
+                 for job in ("base_t", "base_t.1", "base_t.2")]
+    assert questions[0] != questions[1] != questions[2]
+    summary = json.loads((out / "summary.json").read_text())
+    students = [json.loads((out / "seed0" / job / "result.json").read_text())["pass_at_k"]
+                for job in ("hard_only", "hard_only.1", "hard_only.2")]
+    assert summary["per_student"]["hard_only"]["0"] == students
+    for k, cell in summary["pass_at_k"]["hard_only"].items():
+        assert cell["mean"] == pytest.approx(sum(s[k] for s in students) / 3)
+    run = summary["run"]
+    assert run["argv"] == argv and run["processes"] == 1 and run["cpus"] == os.cpu_count()
+    assert 0 < run["wall_seconds"] < 600 and run["resumed"] is False
 
 
 def comparable_run(out) -> dict:

@@ -326,10 +326,10 @@ def stream_chance(copies: int, flags: list[str], seed: int = 0) -> None:
     print(f"{len(datasets)} datasets of {n} (stepping stones {', '.join(f'{s:.3f}' for s in shares)})"
           f" x {copies} copies x 2 stream modes; Q_R {len(q_r)}; baseline {base_measures}", flush=True)
     for streams in ("independent", "common"):
-        rewards = {"greedy": [], "sampled": []}
+        rewards = {measure: [] for measure in base_measures}
         for k, data in enumerate(datasets):
             data = by_length(data) if streams == "common" else data
-            row = {"greedy": [], "sampled": []}
+            row = {measure: [] for measure in base_measures}
             for j in range(copies):
                 identity = (seed, "chance", j) if streams == "common" else (seed, "chance", k, j)
                 load_adapter_state(model, "student", base)
@@ -341,8 +341,8 @@ def stream_chance(copies: int, flags: list[str], seed: int = 0) -> None:
                     row[measure].append(value - base_measures[measure])
             for measure in rewards:
                 rewards[measure].append(row[measure])
-            print(f"  {streams:<11} share {shares[k]:.3f}: greedy " + " ".join(f"{r:+.3f}" for r in row["greedy"])
-                  + "  sampled " + " ".join(f"{r:+.3f}" for r in row["sampled"])
+            print(f"  {streams:<11} share {shares[k]:.3f}: " + "  ".join(
+                f"{m} " + " ".join(f"{r:+.3f}" for r in row[m]) for m in row)
                   + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
         for measure, table in rewards.items():
             report_chance(streams, measure, shares, table)
