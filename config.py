@@ -131,10 +131,8 @@ class Config:
     temperature: float = setting(1.0, "sampling temperature of both roles (paper 1.0)")
     kl_coef: float = setting(0.001, "KL penalty to the base model (paper 0.001)")
     reward_measure: str = setting("greedy", "the student's standing on Q_R that rewards the teacher: "
-                                  "greedy accuracy (paper), sampled (mean accuracy of "
-                                  "--measure-samples answers per problem) or solution (mean "
-                                  "log-probability of the problems' reference solutions; tiny "
-                                  "world); every available one is logged")
+                                  "greedy accuracy (paper) or sampled (mean accuracy of "
+                                  "--measure-samples answers per problem); both are logged")
     measure_samples: int = setting(4, "sampled answers per Q_R problem for the sampled measure")
     copy_streams: str = setting("independent", "random streams of the student copies: independent "
                                 "(each copy its own) or common (copy j of every dataset the same "
@@ -230,8 +228,8 @@ def config_problem(cfg: Config) -> str | None:
         return f"--checkpointing: {cfg.checkpointing!r} is not one of auto, on, off"
     if cfg.log not in ("none", "tensorboard", "wandb"):
         return f"--log: {cfg.log!r} is not one of none, tensorboard, wandb"
-    if cfg.reward_measure not in ("greedy", "sampled", "solution"):
-        return f"--reward-measure: {cfg.reward_measure!r} is not one of greedy, sampled, solution"
+    if cfg.reward_measure not in ("greedy", "sampled"):
+        return f"--reward-measure: {cfg.reward_measure!r} is not one of greedy, sampled"
     if cfg.copy_streams not in ("independent", "common"):
         return f"--copy-streams: {cfg.copy_streams!r} is not one of independent, common"
     if cfg.teacher_tokens not in ("all", "question"):

@@ -7,10 +7,9 @@ import random
 
 import torch
 
-from models import (activate, encode_prompt, eos_ids, generate, make_optimizer, policy_gradient_step,
-                    timed, update_outcome)
+from models import (activate, encode_prompt, generate, make_optimizer, policy_gradient_step, timed,
+                    update_outcome)
 from rewards import binary_reward, check_many, rloo_advantages, shaped_reward
-from sampler import completion_logprobs
 
 STUDENT_INSTRUCTION = (
     "Solve the following math problem step by step. "
@@ -108,31 +107,10 @@ def sampled_accuracy(model, tokenizer, problems: list[dict], cfg, generator, tim
     return sum(counts) / (cfg.measure_samples * len(problems))
 
 
-def solution_logprob(model, tokenizer, problems: list[dict], cfg, times) -> float:
-    """Mean log-probability (nats per problem) the student gives each problem's reference worked
-    solution, teacher-forced to its stop token: graded where accuracy is all-or-nothing, so it
-    ranks students that all still fail, and it needs no sampling."""
-    activate(model, "student")
-    prompts = encode_problems(tokenizer, problems, cfg.use_chat_template)
-    stop = eos_ids(tokenizer, model)[0]
-    solutions = [tokenizer.encode(p["solution"], add_special_tokens=False) + [stop] for p in problems]
-    with timed(times, "eval"), torch.no_grad():
-        total = 0.0
-        for at in range(0, len(problems), cfg.micro_batch):
-            logp, mask = completion_logprobs(model, prompts[at:at + cfg.micro_batch],
-                                             solutions[at:at + cfg.micro_batch], tokenizer.pad_token_id)
-            total += (logp * mask).sum().item()
-    return total / len(problems)
-
-
 def progress_measures(model, tokenizer, q_r: list[dict], cfg, generator, times) -> dict:
-    """The student's standing on Q_R: greedy accuracy (the paper's reward), sampled accuracy, and
-    where every problem has a reference solution, that solution's log-probability."""
-    measures = {"greedy": greedy_accuracy(model, tokenizer, q_r, cfg, times),
-                "sampled": sampled_accuracy(model, tokenizer, q_r, cfg, generator, times)}
-    if all("solution" in p for p in q_r):
-        measures["solution"] = solution_logprob(model, tokenizer, q_r, cfg, times)
-    return measures
+    """The student's standing on Q_R: greedy accuracy (the paper's reward) and sampled accuracy."""
+    return {"greedy": greedy_accuracy(model, tokenizer, q_r, cfg, times),
+            "sampled": sampled_accuracy(model, tokenizer, q_r, cfg, generator, times)}
 
 
 def correct_counts(model, tokenizer, problems: list[dict], n: int, cfg, generator,

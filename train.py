@@ -39,7 +39,7 @@ from run_dir import (append_jsonl, atomic_save, atomic_write_text, external_logg
                      forget_unfinished_steps, load_checkpoint, prepare_run_dir, write_jsonl,
                      write_nothing)
 from student import (answer, correct_counts, greedy_correct, progress_measures, sampled_accuracy,
-                     solution_logprob, train_student)
+                     train_student)
 from teacher import by_length, question_diversity, sample_pairs, split_datasets, teacher_update
 from tiny.model import tiny_hard_set, tiny_model_path
 from tiny.world import classify
@@ -149,8 +149,6 @@ def outer_step(w: World, method: str, seed: int, step: int, state: dict, optimiz
             # every process measures the baseline itself: the same draws give the same value
             baseline_measures = {"greedy": baseline_acc, "sampled": sampled_accuracy(
                 model, tokenizer, q_r, cfg, generators(*unit, "measure")[0], times)}
-            if all("solution" in p for p in q_r):
-                baseline_measures["solution"] = solution_logprob(model, tokenizer, q_r, cfg, times)
             rewards, measures, copies, student_updates = grounded_rewards(
                 w, datasets, q_r, state["baseline"], baseline_measures, steps, unit, times)
             measures["baseline"] = baseline_measures
@@ -361,10 +359,6 @@ def main(argv: list[str]) -> None:
             path = str(tiny_model_path()) if cfg.model == "tiny" else resolve_model(cfg.model)
     except (ModelUnavailable, OSError, ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
-    if cfg.reward_measure == "solution" and not all("solution" in p for p in hard_train):
-        raise SystemExit("error: --reward-measure solution needs a reference solution (a \"solution\" "
-                         "field) on every hard train problem; the tiny world has them, a built hard "
-                         "set of a real benchmark does not")
     if cfg.q_r > len(hard_train) and procs.main:
         tqdm.write(f"warning: --q-r {cfg.q_r} is more than the {len(hard_train)} hard train "
                    "problems; Q_R will be the whole hard train set")

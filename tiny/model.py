@@ -278,6 +278,4 @@ def tiny_hard_set(seed: int = 0, progress: bool = True) -> tuple[list[dict], lis
                    chat_template=False, max_new_tokens=HARD["max_new_tokens"],
                    batch_size=HARD["batch_size"], chunk_problems=8, all_k=True, seed=seed,
                    settings={"tiny": HARD}, progress=progress)
-    # with their worked solutions, for the graded measure of a student's progress (--reward-measure)
-    return tuple([{**p, "solution": world.solution(p["problem"])} for p in read_jsonl(out_dir / f)]
-                 for f in ("hard_train.jsonl", "hard_test.jsonl"))
+    return read_jsonl(out_dir / "hard_train.jsonl"), read_jsonl(out_dir / "hard_test.jsonl")
