@@ -1,5 +1,6 @@
 # Two commands on a fresh machine, each setting up what it needs in .venv first:
 #   make tiny    the built-in tiny world: SOAR against its baselines on a CPU (about 30 minutes)
+#   make teacher-learns   does the grounded teacher learn? (about 2 hours on 2 cores)
 #   make test    the test suite (about 8 minutes on 2 CPU cores); CI runs this
 #   make test-fast   the suite less the tests marked slow (real model, several processes,
 #                train.py or bench.py end to end): the quick loop while changing code (docs/testing.md)
@@ -10,10 +11,19 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: tiny test test-fast mutants
+.PHONY: tiny teacher-learns test test-fast mutants
 
 tiny: $(VENV)/.installed
 	$(BIN)/python train.py
+
+# SOAR's central claim in the tiny world: does the grounded teacher learn to write stepping
+# stones? 3 seeds on 2 processes, about 2 hours on 2 cores (docs/runs/teacher_learns)
+TEACHER_LEARNS = --tau 1e9 --g 6 --n 8 --student-batch 8 --r 1 --inner-steps 12 --kl-coef 0 \
+	--teacher-tokens question --teacher-lr 6e-4 --copy-streams common --reward-measure sampled \
+	--quality-samples 256 --outer-steps 36 --methods grounded_t,intrinsic_t,base_t \
+	--fresh-students 4 --eval-samples 16 --ks 1,4,8,16 --seeds 3 --processes 2
+teacher-learns: $(VENV)/.installed
+	$(BIN)/python train.py $(TEACHER_LEARNS) --out runs/teacher_learns
 
 # -rs: every skipped test says why (e.g. ../shared/data/real is absent)
 test: $(VENV)/.installed

@@ -120,6 +120,9 @@ class Config:
     teacher_tokens: str = setting("all", "tokens the teacher's advantage moves: all of a sample "
                                   "(paper) or question (up to </question>, not the worked answer)")
     teacher_max_tokens: int = setting(384, "teacher max new tokens (paper 512)")
+    quality_samples: int = setting(0, "tiny world: this many more teacher questions each step, "
+                                   "graded exactly and never trained on, to measure what the "
+                                   "teacher writes more precisely than its g x n questions (0: none)")
     teacher_max_rounds: int = setting(4, "rejection-sampling rounds for valid teacher pairs")
     intrinsic_samples: int = setting(8, "student answers per question for the Intrinsic-T reward (paper 32)")
     # inner loop (student)
@@ -246,6 +249,10 @@ def config_problem(cfg: Config) -> str | None:
     for name in positive:
         if getattr(cfg, name) < 1:
             return f"--{name.replace('_', '-')} must be at least 1"
+    if cfg.quality_samples < 0:
+        return "--quality-samples must not be negative"
+    if cfg.quality_samples and cfg.model != "tiny":
+        return "--quality-samples grades questions exactly, which only the tiny world can (--model tiny)"
     for name in ("fresh_steps", "pq_steps", "promotion_extra_steps", "teacher_warmup", "temperature",
                  "kl_coef", "teacher_lr", "student_lr"):
         if getattr(cfg, name) < 0:

@@ -47,7 +47,8 @@ PAIRED = (("soar_pq", "hard_only"), ("soar_ps", "hard_only"), ("grounded_t", "ba
           ("grounded_t", "intrinsic_t"), ("soar_pq", "base_t"), ("intrinsic_t", "base_t"))
 # What a teacher writes, logged per outer step: (group, measure) of its metrics rows.
 TREND_MEASURES = (("quality", "stepping_stone"), ("quality", "quick"), ("quality", "correct"),
-                  ("diversity", "vendi"))
+                  ("diversity", "vendi"), ("policy_quality", "stepping_stone"),
+                  ("policy_quality", "quick"), ("policy_quality", "correct"))
 
 
 def summarize(run_dir: Path, quality=None) -> dict:
@@ -138,7 +139,8 @@ def teacher_trends(run_dir: Path, seeds) -> dict:
                 if len(points) > 1:
                     slopes.append(10 * statistics.linear_regression(*zip(*points)).slope)
             if slopes:
-                trends.setdefault(method, {})[f"{measure} / 10 steps"] = mean_ci(slopes)
+                name = f"policy {measure}" if group == "policy_quality" else measure
+                trends.setdefault(method, {})[f"{name} / 10 steps"] = mean_ci(slopes)
     return trends
 
 

@@ -201,6 +201,10 @@ def outer_step(w: World, method: str, seed: int, step: int, state: dict, optimiz
         row["copy_rewards"] = measures
     if cfg.model == "tiny" and pairs:  # the tiny world grades any question exactly
         row["quality"] = question_quality(pairs)
+    if cfg.quality_samples:  # a larger sample of the teacher's questions, from its own draws
+        sampled, _ = sample_pairs(model, tokenizer, cfg.quality_samples, cfg,
+                                  generators(*unit, "quality")[0], times)
+        row["policy_quality"] = question_quality(sampled)
     return row
 
 
