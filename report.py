@@ -38,10 +38,11 @@ def read_json(path):
 
 # ---- the summary: statistics over seeds, from the run directory ---------------------------------
 
-QUESTION_SETS = {"soar_pq": "soar/promoted_questions.jsonl",
-                 "grounded_t": "grounded_t/sampled_questions.jsonl",
-                 "intrinsic_t": "intrinsic_t/sampled_questions.jsonl",
-                 "base_t": "base_t/sampled_questions.jsonl"}
+# {name: (job, file)}: the question sets analysed; a teacher's sample is every fresh student's
+QUESTION_SETS = {"soar_pq": ("soar", "promoted_questions.jsonl"),
+                 "grounded_t": ("grounded_t", "sampled_questions.jsonl"),
+                 "intrinsic_t": ("intrinsic_t", "sampled_questions.jsonl"),
+                 "base_t": ("base_t", "sampled_questions.jsonl")}
 # (a, b): is a better than b? The paper's comparisons, each measured seed by seed.
 PAIRED = (("soar_pq", "hard_only"), ("soar_ps", "hard_only"), ("grounded_t", "base_t"),
           ("grounded_t", "intrinsic_t"), ("soar_pq", "base_t"), ("intrinsic_t", "base_t"))
@@ -60,7 +61,7 @@ def summarize(run_dir: Path, quality=None) -> dict:
     students = config.get("fresh_students", 1)
     per_seed = {seed: read_results(run_dir / f"seed{seed}", students) for seed in seeds}
     return {"pass_at_k": pass_at_k_table(per_seed), "paired_differences": paired_differences(per_seed),
-            "question_analysis": question_analysis(run_dir, seeds, quality),
+            "question_analysis": question_analysis(run_dir, seeds, quality, students),
             "teacher_trends": teacher_trends(run_dir, seeds), "config": config,
             "per_student": {m: per for m in EVALUATED
                             if (per := {s: r[m]["students"] for s, r in per_seed.items() if m in r})}}
@@ -144,12 +145,14 @@ def teacher_trends(run_dir: Path, seeds) -> dict:
     return trends
 
 
-def question_analysis(run_dir: Path, seeds, quality=None) -> dict:
+def question_analysis(run_dir: Path, seeds, quality=None, students: int = 1) -> dict:
     """Per question set (PQ, the teachers' samples): size and diversity, and with `quality` (in
     the tiny world, its exact checker) the share of well-posed questions and of correct answers."""
     analysis = {}
-    for name, rel in QUESTION_SETS.items():
-        per_seed = [read_jsonl(run_dir / f"seed{s}" / rel) for s in seeds]
+    for name, (job, file) in QUESTION_SETS.items():
+        jobs = [job] if name == "soar_pq" else student_jobs(job, students)
+        per_seed = [[q for j in jobs for q in read_jsonl(run_dir / f"seed{s}" / j / file)]
+                    for s in seeds]
         per_seed = [qs for qs in per_seed if qs]
         if not per_seed:
             continue

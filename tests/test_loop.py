@@ -349,6 +349,8 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(lm_d
     (["--temperature", "-1"], "--temperature must not be negative"),
     (["--resume", "runs/x", "--smoke"], "drop --smoke"),
     (["--fresh-students", "0"], "--fresh-students must be at least 1"),
+    (["--quality-samples", "-1"], "--quality-samples must not be negative"),
+    (["--model", "smol", "--quality-samples", "8"], "only the tiny world can"),
     (["--reward-measure", "loss"], "--reward-measure: 'loss' is not one of"),
 ])
 def test_bad_settings_fail_with_a_message_naming_the_flag(argv, message, capsys):
@@ -458,6 +460,8 @@ def test_each_fresh_student_has_its_own_questions_and_the_table_averages_them(lm
                  for job in ("base_t", "base_t.1", "base_t.2")]
     assert questions[0] != questions[1] != questions[2]
     summary = json.loads((out / "summary.json").read_text())
+    # what a teacher wrote is analysed over every student's sample of its questions
+    assert summary["question_analysis"]["base_t"]["n"]["mean"] == sum(map(len, questions))
     students = [json.loads((out / "seed0" / job / "result.json").read_text())["pass_at_k"]
                 for job in ("hard_only", "hard_only.1", "hard_only.2")]
     assert summary["per_student"]["hard_only"]["0"] == students
