@@ -330,10 +330,13 @@ def plot_per_method(runs, panels, title):
 
 
 def plot_teacher_learning(runs, summary):
-    """Per outer step, the share of stepping stones among each teacher's questions (tiny world),
-    with the untrained teacher's share (Base-T's questions) as a dashed line once the run is done."""
-    fig = plot_per_method(runs, [("quality", "stepping_stone", "stepping-stone share"),
-                                 ("quality", "quick", '"quickly" share')], "Teacher questions")
+    """Per outer step, the share of stepping stones among each teacher's questions (tiny world;
+    its larger graded sample with --quality-samples), with the untrained teacher's share (Base-T's
+    questions) as a dashed line once the run is done."""
+    logged = [r for teacher in runs.values() for rows in teacher.values() for r in rows]
+    group = "policy_quality" if any("policy_quality" in r for r in logged) else "quality"
+    fig = plot_per_method(runs, [(group, "stepping_stone", "stepping-stone share"),
+                                 (group, "quick", '"quickly" share')], "Teacher questions")
     base = ((summary or {}).get("question_analysis") or {}).get("base_t") or {}
     if fig is not None and "stepping_stone" in base:
         for ax, key in zip(fig.axes, ("stepping_stone", "quick")):

@@ -179,6 +179,20 @@ MUTANTS = [
     Mutant("table_of_one_seed", "report.py", "{k: mean_sd([r[k] for r in runs]) for k in runs[0]}",
            "{k: mean_sd([runs[-1][k]]) for k in runs[0]}", "the table shows the last seed, not the mean",
            (RULES, "-k", "pass_at_k")),
+    # -- several fresh students, and a run's first steps re-run short (end to end)
+    Mutant("fresh_students_share_questions", "train.py",
+           "sample_teacher_questions(w, teacher, seed, job, seed_dir / job)",
+           "sample_teacher_questions(w, teacher, seed, name, seed_dir / job)",
+           "every fresh student of a teacher trains on the same sample of its questions",
+           ("tests/test_loop.py", "-k", "each_fresh_student"), slow=True),
+    Mutant("table_of_first_student", "report.py",
+           "{k: statistics.mean(d[k] for d in done) for k in done[0]}", "{k: done[0][k] for k in done[0]}",
+           "the table shows a method's first fresh student, not their mean",
+           ("tests/test_loop.py", "-k", "each_fresh_student"), slow=True),
+    Mutant("step_0_depends_on_the_run_length", "train.py", "q_r = generators(*unit, \"q_r\")[1]",
+           "q_r = generators(*unit, \"q_r\", cfg.outer_steps)[1]",
+           "Q_R's draw depends on --outer-steps, so a long run's first steps cannot be re-run short",
+           ("tests/test_loop.py", "-k", "first_outer_step"), slow=True),
     # -- resume (end to end)
     Mutant("fresh_student_resumes_without_optimizer", "evaluate.py",
            "        step, student = ckpt[\"step\"], ckpt[\"student\"]\n"
