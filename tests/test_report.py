@@ -127,3 +127,20 @@ def test_cli_exits_nonzero_with_one_line_for_a_non_run_dir(tmp_path):
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 1
     assert result.stderr.strip() == f"report: {tmp_path}/config.json not found: not a run directory"
+
+
+def test_the_committed_teacher_learns_run_holds_what_a_reader_needs_to_check_it():
+    """docs/runs/teacher_learns: the flags that made it, on at most 2 processes, and every seed's
+    teacher log complete, so that its trends can be recomputed and its first steps re-run."""
+    from report import teacher_trends
+    run = ROOT / "docs" / "runs" / "teacher_learns"
+    summary = json.loads((run / "summary.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    assert summary["run"]["processes"] <= 2 and summary["run"]["wall_seconds"] > 0
+    assert summary["run"]["cpus"] >= 1 and "--outer-steps" in summary["run"]["argv"]
+    seeds = range(config["seed"], config["seed"] + config["seeds"])
+    assert len(seeds) >= 3
+    for seed in seeds:
+        rows = [json.loads(line) for line in (run / f"seed{seed}" / "soar" / "metrics.jsonl").open()]
+        assert [r["step"] for r in rows] == list(range(config["outer_steps"]))
+    assert teacher_trends(run, seeds) == summary["teacher_trends"]
