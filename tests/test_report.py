@@ -144,3 +144,13 @@ def test_the_committed_teacher_learns_run_holds_what_a_reader_needs_to_check_it(
         rows = [json.loads(line) for line in (run / f"seed{seed}" / "soar" / "metrics.jsonl").open()]
         assert [r["step"] for r in rows] == list(range(config["outer_steps"]))
     assert teacher_trends(run, seeds) == summary["teacher_trends"]
+
+
+def test_a_methods_row_is_the_mean_of_its_fresh_students(tmp_path):
+    from report import read_results
+    for job, p in (("base_t", 0.1), ("base_t.1", 0.4), ("base_t.2", 0.7), ("base_t.3", 0.9)):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "result.json").write_text(json.dumps({"pass_at_k": {"1": p, "4": p / 2}}))
+    results = read_results(tmp_path, students=3)  # a 4th student's folder is not this run's
+    assert results["base_t"]["pass_at_k"] == pytest.approx({"1": 0.4, "4": 0.2})
+    assert [s["1"] for s in results["base_t"]["students"]] == [0.1, 0.4, 0.7]
