@@ -185,6 +185,12 @@ def outer_step(w: World, method: str, seed: int, step: int, state: dict, optimiz
     state["step"] = step + 1
     if not procs.main:
         return None
+    policy_quality = None
+    if cfg.quality_samples:  # a larger sample of the teacher's questions, from its own draws
+        with timed(times, "quality_sample"):
+            sampled, _ = sample_pairs(model, tokenizer, cfg.quality_samples, cfg,
+                                      generators(*unit, "quality")[0], {})
+        policy_quality = question_quality(sampled)
     row = {"method": method, "seed": seed, "step": step, "dataset_rewards": dataset_rewards,
            "mean_reward": statistics.mean(dataset_rewards) if dataset_rewards else None,
            "moving_avg": moving_avg, "promoted": promoted, "promoted_dataset": best,
@@ -201,10 +207,8 @@ def outer_step(w: World, method: str, seed: int, step: int, state: dict, optimiz
         row["copy_rewards"] = measures
     if cfg.model == "tiny" and pairs:  # the tiny world grades any question exactly
         row["quality"] = question_quality(pairs)
-    if cfg.quality_samples:  # a larger sample of the teacher's questions, from its own draws
-        sampled, _ = sample_pairs(model, tokenizer, cfg.quality_samples, cfg,
-                                  generators(*unit, "quality")[0], times)
-        row["policy_quality"] = question_quality(sampled)
+    if policy_quality is not None:
+        row["policy_quality"] = policy_quality
     return row
 
 
