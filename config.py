@@ -132,7 +132,8 @@ class Config:
     student_lr: float = setting(1e-4, "student LoRA learning rate (paper 1e-5, full fine-tuning)")
     student_max_tokens: int = setting(512, "student max new tokens (paper 1024)")
     temperature: float = setting(1.0, "sampling temperature of both roles (paper 1.0)")
-    kl_coef: float = setting(0.001, "KL penalty to the base model (paper 0.001)")
+    kl_coef: float = setting(0.001, "the student's KL penalty to the base model (paper 0.001)")
+    teacher_kl_coef: float = setting(0.001, "the teacher's KL penalty to the base model (paper 0.001)")
     reward_measure: str = setting("greedy", "the student's standing on Q_R that rewards the teacher: "
                                   "greedy accuracy (paper) or sampled (mean accuracy of "
                                   "--measure-samples answers per problem); both are logged")
@@ -254,7 +255,7 @@ def config_problem(cfg: Config) -> str | None:
     if cfg.quality_samples and cfg.model != "tiny":
         return "--quality-samples grades questions exactly, which only the tiny world can (--model tiny)"
     for name in ("fresh_steps", "pq_steps", "promotion_extra_steps", "teacher_warmup", "temperature",
-                 "kl_coef", "teacher_lr", "student_lr"):
+                 "kl_coef", "teacher_kl_coef", "teacher_lr", "student_lr"):
         if getattr(cfg, name) < 0:
             return f"--{name.replace('_', '-')} must not be negative"
     if cfg.check_timeout <= 0:

@@ -93,7 +93,11 @@ def load_model(name: str, quant: str = "none", lora_rank: int = 16, lora_alpha: 
     if quant == "4bit" and device == "cpu":
         keep_4bit_layers_differentiable(base)
     if checkpointing:
-        base.activation_checkpointing_enable({"use_reentrant": False})
+        # renamed from gradient_checkpointing_enable within transformers 5.x, which
+        # requirements.txt allows whole
+        enable = (getattr(base, "activation_checkpointing_enable", None)
+                  or base.gradient_checkpointing_enable)
+        enable({"use_reentrant": False})
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -322,7 +326,9 @@ class checkpointing_mode:
 
     def __init__(self, model):
         self.model = model
-        self.switch = getattr(model, "is_activation_checkpointing", False) and not model.training
+        # the layers' own flag: the model's property for it changed its name within transformers 5.x
+        checkpointing = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+        self.switch = checkpointing and not model.training
 
     def __enter__(self):
         if self.switch:

@@ -122,7 +122,7 @@ def teacher_update(model, tokenizer, optimizer, scheduler, datasets: list[list[d
         stats = policy_gradient_step(
             model, "teacher", optimizer,
             [p["prompt_ids"] for p, _ in rows], [p["completion_ids"] for p, _ in rows],
-            torch.tensor([adv for _, adv in rows]), kl_coef=cfg.kl_coef,
+            torch.tensor([adv for _, adv in rows]), kl_coef=cfg.teacher_kl_coef,
             pad_token_id=tokenizer.pad_token_id, micro_batch=cfg.micro_batch,
             max_new_tokens=cfg.teacher_max_tokens,
             scored_tokens=([question_token_count(tokenizer, p["completion_ids"]) for p, _ in rows]

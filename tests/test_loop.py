@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import PreTrainedModel
 
 import evaluate
 import train
@@ -312,7 +313,14 @@ def test_micro_batch_size_and_row_order_do_not_change_the_update(shared):
     _assert_same_state(whole, single)
 
 
-def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(lm_dir):
+@pytest.mark.parametrize("transformers_api", ["current", "before the rename"])
+def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(lm_dir, transformers_api,
+                                                                          monkeypatch):
+    if transformers_api == "before the rename":  # early 5.x releases, which requirements.txt allows
+        monkeypatch.setattr(PreTrainedModel, "gradient_checkpointing_enable",
+                            PreTrainedModel.activation_checkpointing_enable)
+        for name in ("activation_checkpointing_enable", "is_activation_checkpointing"):
+            monkeypatch.delattr(PreTrainedModel, name, raising=False)
     torch.manual_seed(0)
     plain, tokenizer = load_model(str(lm_dir), "none", lora_rank=4, lora_alpha=8)
     torch.manual_seed(0)
@@ -347,6 +355,7 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(lm_d
     (["--probe-every", "0"], "--probe-every must be at least 1"),
     (["--ks", "0,1"], "every k must be at least 1"),
     (["--temperature", "-1"], "--temperature must not be negative"),
+    (["--teacher-kl-coef", "-0.1"], "--teacher-kl-coef must not be negative"),
     (["--resume", "runs/x", "--smoke"], "drop --smoke"),
     (["--fresh-students", "0"], "--fresh-students must be at least 1"),
     (["--quality-samples", "-1"], "--quality-samples must not be negative"),

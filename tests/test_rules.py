@@ -338,7 +338,7 @@ def test_every_teacher_sample_gets_its_own_dataset_s_leave_one_out_advantage(mon
                  for i in range(2)] for k in range(3)]
     tokenizer = SimpleNamespace(pad_token_id=0, decode=lambda ids: "Q" * len(ids) + (
         "</question>" if -1 in ids else ""))
-    cfg = SimpleNamespace(kl_coef=0.0, micro_batch=4, teacher_max_tokens=8, teacher_tokens=tokens)
+    cfg = SimpleNamespace(teacher_kl_coef=0.0, micro_batch=4, teacher_max_tokens=8, teacher_tokens=tokens)
     stats = teacher.teacher_update(None, tokenizer, None,
                                    SimpleNamespace(step=lambda: None), datasets, rewards, cfg)
     assert stats["update"] == "applied" and captured["role"] == "teacher"
@@ -366,7 +366,7 @@ def test_a_teacher_update_moves_probability_towards_the_better_dataset_s_samples
     prompt = tokenizer("User: write\nAssistant:")["input_ids"]
     samples = [[5, 6, 7], [8, 9, 10], [11, 12, 13]]
     datasets = [[{"prompt_ids": prompt, "completion_ids": s}] for s in samples]
-    cfg = Config(kl_coef=0.001, micro_batch=4, teacher_max_tokens=8)
+    cfg = Config(teacher_kl_coef=0.001, micro_batch=4, teacher_max_tokens=8)
 
     def gaps():
         model.set_adapter("teacher")

@@ -382,7 +382,7 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
     stepping-stone share move says how many outer steps the teacher needs to learn from a signal
     this clean. `--noise SD` adds Gaussian noise of that SD to each reward, to match the real
     reward's (`teacher_check` measures it); `--seed S` draws another trajectory. The other flags
-    are train.py's (--teacher-lr, --g, --n, --kl-coef, ...)."""
+    are train.py's (--teacher-lr, --g, --n, --teacher-kl-coef, ...)."""
     noise, flags = take_flag(flags, "--noise", float, 0.0, lambda x: x >= 0,
                              "a reward noise SD in share units (a number >= 0)")
     seed, flags = take_flag(flags, "--seed", int, 0, lambda x: x >= 0, "a seed (an integer >= 0)")
@@ -392,7 +392,7 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
     optimizer, scheduler = make_optimizer(model, "teacher", cfg.teacher_lr, steps, cfg.teacher_warmup)
     generator, noise_rng = torch.Generator().manual_seed(seed), random.Random(seed)
     print(f"oracle reward, {steps} steps, teacher lr {cfg.teacher_lr}, g {cfg.g} x n {cfg.n}, "
-          f"KL {cfg.kl_coef}, noise SD {noise}, seed {seed}")
+          f"KL {cfg.teacher_kl_coef}, noise SD {noise}, seed {seed}")
     shares = []
     for step in range(steps + 1):
         if step % 10 == 0:
