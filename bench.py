@@ -421,7 +421,8 @@ def kv_bytes_per_token(model, tokens: int = 16) -> int:
     """Sampler KV cache bytes per token per layer, read off a real prefill's cache."""
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(input_ids=torch.full((1, tokens), 5), cache=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=torch.full((1, tokens), 5), **{sampler.cache_kwarg(model): cache},
+              use_cache=True, logits_to_keep=1)
     layer = cache.layers[0]
     return (layer.keys.nbytes + layer.values.nbytes) // tokens
 

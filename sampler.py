@@ -16,6 +16,7 @@ full-capacity copies cost more than DynamicCache's appends (measured with bench.
 Prompts are left padded and every forward gets explicit position ids, so a row's tokens see the
 same positions as they would alone. A batch that runs out of GPU memory is retried in halves.
 """
+import inspect
 import types
 import warnings
 from contextlib import contextmanager
@@ -179,8 +180,12 @@ def sample_chunk(model, prompt_ids, prompt_of_row, max_new_tokens, temperature, 
     distinct = sorted(set(prompt_of_row))
     ids, mask = left_pad([prompt_ids[i] for i in distinct], pad_token_id, device)
     cache = DynamicCache(config=model.config)
+    cache_arg = {cache_kwarg(model): cache}
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
-                cache=cache, use_cache=True, logits_to_keep=1)
+                **cache_arg, use_cache=True, logits_to_keep=1)
+    if cache.get_seq_length() != ids.shape[1]:
+        raise RuntimeError(f"{type(model).__name__} did not fill the KV cache it was given: decoding "
+                           "would see no context (an unsupported transformers version?)")
     logits = out.logits[:, -1]
     if len(distinct) < len(prompt_of_row):  # n > 1: give each row its prompt's cache
         slot = {prompt: k for k, prompt in enumerate(distinct)}
@@ -220,7 +225,7 @@ def sample_chunk(model, prompt_ids, prompt_of_row, max_new_tokens, temperature, 
                 decoding = decoding[keep]
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position[:, None],
-                    cache=cache, use_cache=True)
+                    **cache_arg, use_cache=True)
         logits = out.logits[:, -1]
         next_position = next_position + 1
 
@@ -229,6 +234,18 @@ def sample_chunk(model, prompt_ids, prompt_of_row, max_new_tokens, temperature, 
     logprobs = [token_logprobs[r, :lengths[r]].clone() for r in range(rows)]
     finished = [c[-1] in eos_token_ids for c in completions]
     return completions, logprobs, finished
+
+
+def cache_kwarg(model) -> str:
+    """The name the model's forward takes its KV cache by. transformers renamed `past_key_values`
+    to `cache` within 5.x (requirements.txt allows every 5.x); a forward given the other name
+    takes it into **kwargs unused and decodes each token without context."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = inspect.signature(base.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in names:
+            return name
+    raise TypeError(f"{type(base).__name__}.forward takes neither `cache` nor `past_key_values`")
 
 
 def rows_to_keep(decoding: torch.Tensor) -> torch.Tensor:

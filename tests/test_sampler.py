@@ -330,3 +330,78 @@ def test_out_of_memory_in_sampling_halves_the_batch_and_loses_no_row(llama, toke
     unsplit = sampler.sample(llama, prompts[:2], n=1, max_new_tokens=4, eos_token_ids=eos, batch_size=2,
                              pad_token_id=tokenizer.pad_token_id, generator=gen)
     assert sampled.completion_ids[:2] == unsplit.completion_ids
+
+
+class _Renamed(torch.nn.Module):  # transformers' forward since `past_key_values` became `cache`
+    def forward(self, input_ids, cache=None, **kwargs):
+        raise NotImplementedError
+
+
+class _BeforeRename(torch.nn.Module):  # early 5.x releases, which requirements.txt allows
+    def forward(self, input_ids, past_key_values=None, **kwargs):
+        raise NotImplementedError
+
+
+class _Wrapped(torch.nn.Module):  # a PeftModel: the base model's forward decides
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+
+    def get_base_model(self):
+        return self.base
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError
+
+
+def test_the_cache_goes_by_the_name_the_model_s_forward_takes():
+    assert sampler.cache_kwarg(_Renamed()) == "cache"
+    assert sampler.cache_kwarg(_BeforeRename()) == "past_key_values"
+    assert sampler.cache_kwarg(_Wrapped(_BeforeRename())) == "past_key_values"
+
+
+class _DropsCache(torch.nn.Module):
+    """A model that takes the cache by name and never uses it."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def forward(self, input_ids, cache=None, past_key_values=None, **kwargs):
+        return self.inner(input_ids=input_ids, **kwargs)
+
+
+def test_a_model_that_leaves_the_cache_empty_stops_sampling_with_a_clear_error(llama, tokenizer):
+    prompt = tokenizer(PROMPTS[0])["input_ids"]
+    with pytest.raises(RuntimeError, match="did not fill the KV cache"):
+        sampler.sample(_DropsCache(llama), [prompt], n=2, max_new_tokens=4, temperature=1.0,
+                       eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
+
+
+class _CacheByItsOldName(torch.nn.Module):
+    """A model whose forward takes the cache as `past_key_values`, as transformers 5.17's does, and
+    swallows any other name into **kwargs unused."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache=None, logits_to_keep=0, **kwargs):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          **{sampler.cache_kwarg(self.inner): past_key_values}, use_cache=use_cache,
+                          logits_to_keep=logits_to_keep)
+
+
+def test_a_model_that_takes_the_cache_by_its_old_name_samples_the_same(llama, tokenizer):
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS[:2]]
+    kw = dict(n=1, max_new_tokens=8, temperature=0.0, eos_token_ids=[tokenizer.eos_token_id],
+              pad_token_id=tokenizer.pad_token_id)
+    assert (sampler.sample(_CacheByItsOldName(llama), prompts, **kw).completion_ids
+            == sampler.sample(llama, prompts, **kw).completion_ids)

@@ -159,6 +159,18 @@ MUTANTS = [
     Mutant("rloo_baseline_includes_self", "rewards.py", "/ (group - 1)", "/ group",
            "the leave-one-out baseline divides by G: advantages no longer sum to zero",
            ("tests/test_rewards.py", "-k", "rloo")),
+    Mutant("teacher_kl_of_the_student", "teacher.py", "kl_coef=cfg.teacher_kl_coef,",
+           "kl_coef=cfg.kl_coef,", "the teacher's update takes the student's KL coefficient",
+           (RULES, "-k", "leave_one_out_advantage")),
+    # -- the model as the transformers versions requirements.txt allows load and run it
+    Mutant("cache_by_one_name", "sampler.py", "    cache_arg = {cache_kwarg(model): cache}",
+           "    cache_arg = {\"cache\": cache}",
+           "the sampler passes its KV cache by the newer name only: older 5.x forwards ignore it",
+           ("tests/test_sampler.py", "-k", "cache")),
+    Mutant("loaded_in_mixed_modes", "models.py", "    return model.eval(), tokenizer",
+           "    return model, tokenizer",
+           "the LoRA wrapper is loaded in train mode around a base in eval mode: a training step "
+           "before any sampling does not recompute", ("tests/test_loop.py", "-k", "checkpointing")),
     # -- learning-rate schedules
     Mutant("warmup_off_by_one", "models.py", "return (step + 1) / warmup_steps",
            "return step / warmup_steps", "the first warm-up step has learning rate 0",
