@@ -1,6 +1,6 @@
 # Two commands on a fresh machine, each setting up what it needs in .venv first:
 #   make tiny    the built-in tiny world: SOAR against its baselines on a CPU (about 30 minutes)
-#   make teacher-learns   does the grounded teacher learn? (about 2 hours on 2 cores)
+#   make teacher-learns   does the grounded teacher learn? (under 2 hours on 2 cores)
 #   make test    the test suite (about 8 minutes on 2 CPU cores); CI runs this
 #   make test-fast   the suite less the tests marked slow (real model, several processes,
 #                train.py or bench.py end to end): the quick loop while changing code (docs/testing.md)
@@ -17,7 +17,7 @@ tiny: $(VENV)/.installed
 	$(BIN)/python train.py
 
 # SOAR's central claim in the tiny world: does the grounded teacher learn to write stepping
-# stones? 3 seeds on 2 processes, about 2 hours on 2 cores (docs/runs/teacher_learns)
+# stones? 3 seeds on 2 processes, about 1 h 45 min on 2 cores (docs/runs/teacher_learns)
 TEACHER_LEARNS = --tau 1e9 --g 6 --n 8 --student-batch 8 --r 1 --inner-steps 12 --kl-coef 0 \
 	--teacher-tokens question --teacher-lr 1e-3 --teacher-kl-coef 0.05 --copy-streams common \
 	--reward-measure sampled --quality-samples 256 --outer-steps 36 \
