@@ -360,8 +360,8 @@ def test_the_cache_goes_by_the_name_the_model_s_forward_takes():
     assert sampler.cache_kwarg(_Wrapped(_BeforeRename())) == "past_key_values"
 
 
-class _DropsCache(torch.nn.Module):
-    """A model that takes the cache by name and never uses it."""
+class _Around(torch.nn.Module):
+    """A model around a real one: its weights, config and output head; each test's forward."""
 
     def __init__(self, inner):
         super().__init__()
@@ -369,6 +369,10 @@ class _DropsCache(torch.nn.Module):
 
     def get_output_embeddings(self):
         return self.inner.get_output_embeddings()
+
+
+class _DropsCache(_Around):
+    """A model that takes the cache by name and never uses it."""
 
     def forward(self, input_ids, cache=None, past_key_values=None, **kwargs):
         return self.inner(input_ids=input_ids, **kwargs)
@@ -381,16 +385,9 @@ def test_a_model_that_leaves_the_cache_empty_stops_sampling_with_a_clear_error(l
                        eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
 
 
-class _CacheByItsOldName(torch.nn.Module):
+class _CacheByItsOldName(_Around):
     """A model whose forward takes the cache as `past_key_values`, as transformers 5.17's does, and
     swallows any other name into **kwargs unused."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.config = inner, inner.config
-
-    def get_output_embeddings(self):
-        return self.inner.get_output_embeddings()
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
                 use_cache=None, logits_to_keep=0, **kwargs):
