@@ -19,7 +19,8 @@ tiny: $(VENV)/.installed
 # SOAR's central claim in the tiny world: does the grounded teacher learn to write stepping
 # stones? 3 seeds on 2 processes, about 1 h 45 min on 2 cores (docs/runs/teacher_learns)
 TEACHER_LEARNS = --tau 1e9 --g 6 --n 8 --student-batch 8 --r 1 --inner-steps 12 --kl-coef 0 \
-	--teacher-tokens question --teacher-lr 1e-3 --teacher-kl-coef 0.05 --copy-streams common \
+	--teacher-tokens question --teacher-lr 1e-3 --teacher-kl-coef 0.05 --teacher-advantage scaled \
+	--copy-streams common \
 	--reward-measure sampled --quality-samples 256 --outer-steps 36 \
 	--methods grounded_t,intrinsic_t,base_t --fresh-students 4 --eval-samples 8 --ks 1,4,8 \
 	--seeds 3 --processes 2

@@ -334,6 +334,13 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - baseline
 
 
+def scaled_by_sd(advantages: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """Advantages divided by the SD of the rewards they came from (all zero when the rewards are
+    equal): every step with any signal then weighs alike in the optimizer's running averages."""
+    sd = rewards.std(unbiased=False)
+    return advantages / sd if sd > 0 else advantages - advantages
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
     if not 0 <= c <= n or not 1 <= k <= n:

@@ -11,7 +11,7 @@ from collections import Counter
 import torch
 
 from models import activate, encode_prompt, generate, policy_gradient_step, timed, update_outcome
-from rewards import check_many, extract_boxed, rloo_advantages
+from rewards import check_many, extract_boxed, rloo_advantages, scaled_by_sd
 
 TEACHER_INSTRUCTION = (
     "You are writing a new math problem for a math assistant. "
@@ -111,10 +111,16 @@ def by_length(data: list[dict]) -> list[dict]:
 
 def teacher_update(model, tokenizer, optimizer, scheduler, datasets: list[list[dict]],
                    dataset_rewards: list[float], cfg) -> dict:
-    """RLOO across the g datasets: every sample of X_k gets advantage R_k - mean(R_other).
+    """RLOO across the g datasets: every sample of X_k gets advantage R_k - mean(R_other),
+    divided by the SD of the g rewards when cfg.teacher_advantage == "scaled".
     With cfg.teacher_tokens == "question" the advantage moves only the tokens up to the end of the
     question, not the worked answer that makes up most of a sample."""
-    advantages = rloo_advantages(torch.tensor(dataset_rewards, dtype=torch.float32))
+    rewards = torch.tensor(dataset_rewards, dtype=torch.float32)
+    advantages = rloo_advantages(rewards)
+    if cfg.teacher_advantage == "scaled":
+        # AdamW's second moment remembers a rare large reward for hundreds of steps and shrinks
+        # every later step by it; scaled, each step with a signal moves the teacher alike
+        advantages = scaled_by_sd(advantages, rewards)
     rows = [(pair, adv) for data, adv in zip(datasets, advantages.tolist()) for pair in data]
     if all(adv == 0 for _, adv in rows):  # all datasets scored the same: no signal
         stats = {"loss": 0.0, "kl": 0.0, "skipped": 0, "update": "no signal"}

@@ -210,6 +210,20 @@ def logged_datasets(job: Path, g: int, n: int) -> dict[int, list[list[dict]]]:
             if (datasets := split_datasets(pairs[:g * n], g)) is not None}
 
 
+def stones(data: list[dict]) -> int:
+    return sum(world.classify(q["problem"], q["answer"])["stepping_stone"] for q in data)
+
+
+def replayed_rewards(run_dir: Path) -> dict[int, list[float]]:
+    """The teacher rewards a run's datasets earned, by their number of stepping stones."""
+    cfg = json.loads((run_dir / "config.json").read_text())
+    earned = {}
+    for job in sorted(run_dir.glob("seed*/soar")):
+        for share, reward in dataset_stones_and_rewards(job, cfg["g"], cfg["n"]):
+            earned.setdefault(round(share * cfg["n"]), []).append(reward)
+    return earned
+
+
 def dataset_stones_and_rewards(job: Path, g: int, n: int) -> list[tuple[float, float]]:
     """(share of stepping stones, teacher reward) of every dataset of one SOAR job."""
     datasets_of = logged_datasets(job, g, n)
@@ -381,18 +395,23 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
     stepping stones: the best signal the students could give. How far p_quickly and the
     stepping-stone share move says how many outer steps the teacher needs to learn from a signal
     this clean. `--noise SD` adds Gaussian noise of that SD to each reward, to match the real
-    reward's (`teacher_check` measures it); `--seed S` draws another trajectory. The other flags
-    are train.py's (--teacher-lr, --g, --n, --teacher-kl-coef, ...)."""
+    reward's (`teacher_check` measures it); `--replay RUN` instead draws each dataset's reward
+    from the rewards a finished run's datasets with as many stepping stones earned (its noise as
+    it came: sparse, with rare large outliers); `--seed S` draws another trajectory. The other
+    flags are train.py's (--teacher-lr, --g, --n, --teacher-kl-coef, ...)."""
     noise, flags = take_flag(flags, "--noise", float, 0.0, lambda x: x >= 0,
                              "a reward noise SD in share units (a number >= 0)")
+    replay, flags = take_flag(flags, "--replay", Path, None, lambda run: any(run.glob("seed*/soar")),
+                              "a run directory with seed*/soar jobs")
     seed, flags = take_flag(flags, "--seed", int, 0, lambda x: x >= 0, "a seed (an integer >= 0)")
     cfg, _, _ = config.parse_config(flags + ["--outer-steps", str(steps)])
     torch.set_num_threads(cfg.threads)
     model, tokenizer = probe_model(cfg, seed)
     optimizer, scheduler = make_optimizer(model, "teacher", cfg.teacher_lr, steps, cfg.teacher_warmup)
     generator, noise_rng = torch.Generator().manual_seed(seed), random.Random(seed)
+    earned = replayed_rewards(replay) if replay else None
     print(f"oracle reward, {steps} steps, teacher lr {cfg.teacher_lr}, g {cfg.g} x n {cfg.n}, "
-          f"KL {cfg.teacher_kl_coef}, noise SD {noise}, seed {seed}")
+          f"KL {cfg.teacher_kl_coef}, noise SD {noise}, replay {replay}, seed {seed}")
     shares = []
     for step in range(steps + 1):
         if step % 10 == 0:
@@ -410,6 +429,8 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
             world.check_question(p["problem"], p["answer"])["correct"] for p in pairs),
             vendi_score([p["problem"] for p in pairs])))
         rewards = [r + noise_rng.gauss(0.0, noise) for r in rewards] if noise else rewards
+        if earned:
+            rewards = [noise_rng.choice(earned[min(stones(data), max(earned))]) for data in datasets]
         teacher_update(model, tokenizer, optimizer, scheduler, datasets, rewards, cfg)
 
 
