@@ -12,7 +12,7 @@ import torch
 import rewards
 from data.benchmarks import load_problems
 from rewards import (binary_reward, check_many, extract_boxed, is_correct, learnability, parse_gold,
-                     pass_at_k, rloo_advantages, shaped_reward)
+                     pass_at_k, rloo_advantages, scaled_by_sd, shaped_reward)
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 needs_real_data = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real is absent")
@@ -155,6 +155,19 @@ def test_rloo_advantages_subtract_the_mean_of_the_others():
     assert torch.allclose(rloo_advantages(r), expected)
     assert torch.allclose(rloo_advantages(r).sum(-1), torch.zeros(3), atol=1e-6)
     assert torch.equal(rloo_advantages(torch.tensor([[2.0]])), torch.tensor([[0.0]]))
+
+
+def test_scaled_advantages_do_not_depend_on_the_size_of_the_rewards():
+    """--teacher-advantage scaled: a step's advantages are the same whether its rewards are
+    small or large, keep their signs and sum to zero, and are zero when every reward is equal."""
+    r = torch.tensor([0.0, 0.0, 0.25, 0.0, 0.01, 0.0])
+    scaled = scaled_by_sd(rloo_advantages(r), r)
+    assert torch.allclose(scaled, scaled_by_sd(rloo_advantages(40 * r), 40 * r))
+    assert torch.equal(scaled.sign(), rloo_advantages(r).sign())
+    assert abs(scaled.sum().item()) < 1e-5
+    assert torch.allclose(scaled, rloo_advantages(r) / r.std(unbiased=False))
+    even = torch.full((4,), 0.3)
+    assert torch.equal(scaled_by_sd(rloo_advantages(even), even), torch.zeros(4))
 
 
 def test_pass_at_k_matches_brute_force_over_subsets():

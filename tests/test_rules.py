@@ -322,9 +322,11 @@ def test_the_teacher_learning_rate_warms_up_then_decays_over_the_outer_steps(scr
 
 # ---- the teacher's update ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("tokens", ["all", "question"])
-def test_every_teacher_sample_gets_its_own_dataset_s_leave_one_out_advantage(monkeypatch, tokens):
-    """... on all of its tokens, or (--teacher-tokens question) on its own question's tokens."""
+@pytest.mark.parametrize("tokens, advantage", [("all", "rloo"), ("question", "rloo"), ("all", "scaled")])
+def test_every_teacher_sample_gets_its_own_dataset_s_leave_one_out_advantage(monkeypatch, tokens,
+                                                                            advantage):
+    """... on all of its tokens, or (--teacher-tokens question) on its own question's tokens;
+    with --teacher-advantage scaled, divided by the SD of the step's rewards."""
     captured = {}
 
     def capture(model, role, optimizer, prompt_ids, completion_ids, advantages, **kw):
@@ -338,11 +340,13 @@ def test_every_teacher_sample_gets_its_own_dataset_s_leave_one_out_advantage(mon
                  for i in range(2)] for k in range(3)]
     tokenizer = SimpleNamespace(pad_token_id=0, decode=lambda ids: "Q" * len(ids) + (
         "</question>" if -1 in ids else ""))
-    cfg = SimpleNamespace(teacher_kl_coef=0.0, micro_batch=4, teacher_max_tokens=8, teacher_tokens=tokens)
+    cfg = SimpleNamespace(teacher_kl_coef=0.0, micro_batch=4, teacher_max_tokens=8, teacher_tokens=tokens,
+                          teacher_advantage=advantage)
     stats = teacher.teacher_update(None, tokenizer, None,
                                    SimpleNamespace(step=lambda: None), datasets, rewards, cfg)
     assert stats["update"] == "applied" and captured["role"] == "teacher"
-    expected = {10 * k + i: rewards[k] - statistics.mean(rewards[:k] + rewards[k + 1:])
+    scale = statistics.pstdev(rewards) if advantage == "scaled" else 1.0
+    expected = {10 * k + i: (rewards[k] - statistics.mean(rewards[:k] + rewards[k + 1:])) / scale
                 for k in range(3) for i in range(2)}
     got = {c[0]: a for c, a in zip(captured["completions"], captured["advantages"])}
     assert got == pytest.approx(expected)

@@ -4,6 +4,7 @@ the tiny model (built here with toy settings; the real build is minutes, too slo
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,25 +219,39 @@ def test_toy_build_saves_a_loadable_deterministic_model(tmp_path, monkeypatch):
     assert tiny_model.tiny_model_path(seed=0, progress=False) == path  # cached: no rebuild
 
 
-def test_teacher_check_splits_each_step_s_valid_pairs_into_datasets_as_training_does(tmp_path):
-    from tiny.probes import dataset_stones_and_rewards
+def write_logged_job(job: Path) -> None:
+    """A SOAR job's logs (g 2, n 2) whose datasets hold 2, 0, 1 and 0 stepping stones."""
+    job.mkdir(parents=True, exist_ok=True)
     stone, plain, invalid = ("Quickly, compute 12+30.", "42"), ("Compute 12+30.", "42"), None
     # step 0: datasets [stone, stone] and [plain, plain] (the invalid sample is skipped);
     # step 1: [stone, plain] and [plain, plain]; steps 2 and 3: fewer valid pairs than datasets,
     # so no datasets and no rewards
     steps = {0: [stone, invalid, stone, plain, plain], 1: [stone, plain, plain, plain],
              2: [stone, invalid], 3: [invalid]}
-    with open(tmp_path / "questions.jsonl", "w") as f:
+    with open(job / "questions.jsonl", "w") as f:
         for step, pairs in steps.items():
             for pair in pairs:
                 row = {"step": step, "valid": pair is not None}
                 if pair:
                     row |= {"problem": pair[0], "answer": pair[1]}
                 f.write(json.dumps(row) + "\n")
-    with open(tmp_path / "metrics.jsonl", "w") as f:
+    with open(job / "metrics.jsonl", "w") as f:
         for step, rewards in ((0, [0.2, -0.2]), (1, [0.1, 0.0]), (2, []), (3, [])):
             f.write(json.dumps({"step": step, "dataset_rewards": rewards}) + "\n")
+
+
+def test_teacher_check_splits_each_step_s_valid_pairs_into_datasets_as_training_does(tmp_path):
+    from tiny.probes import dataset_stones_and_rewards
+    write_logged_job(tmp_path)
     assert dataset_stones_and_rewards(tmp_path, g=2, n=2) == [(1.0, 0.2), (0.0, -0.2), (0.5, 0.1), (0.0, 0.0)]
+
+
+def test_the_replay_oracle_draws_from_the_rewards_of_datasets_with_as_many_stepping_stones(tmp_path):
+    from tiny.probes import replayed_rewards
+    (tmp_path / "config.json").write_text(json.dumps({"g": 2, "n": 2}))
+    for seed in (0, 1):
+        write_logged_job(tmp_path / f"seed{seed}" / "soar")
+    assert replayed_rewards(tmp_path) == {2: [0.2, 0.2], 0: [-0.2, 0.0, -0.2, 0.0], 1: [0.1, 0.1]}
 
 
 def test_oracle_flags_are_taken_out_of_the_train_flags_and_checked():
