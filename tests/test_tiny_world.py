@@ -246,12 +246,17 @@ def test_teacher_check_splits_each_step_s_valid_pairs_into_datasets_as_training_
     assert dataset_stones_and_rewards(tmp_path, g=2, n=2) == [(1.0, 0.2), (0.0, -0.2), (0.5, 0.1), (0.0, 0.0)]
 
 
-def test_the_replay_oracle_draws_from_the_rewards_of_datasets_with_as_many_stepping_stones(tmp_path):
-    from tiny.probes import replayed_rewards
-    (tmp_path / "config.json").write_text(json.dumps({"g": 2, "n": 2}))
+def test_the_replay_oracle_pools_a_run_s_rewards_by_the_datasets_stepping_stones(tmp_path):
+    from tiny.probes import replayed_rewards, write_dataset_rewards
+    (tmp_path / "config.json").write_text(json.dumps({"model": "tiny", "g": 2, "n": 2}))
     for seed in (0, 1):
         write_logged_job(tmp_path / f"seed{seed}" / "soar")
-    assert replayed_rewards(tmp_path) == {2: [0.2, 0.2], 0: [-0.2, 0.0, -0.2, 0.0], 1: [0.1, 0.1]}
+    assert replayed_rewards(write_dataset_rewards(tmp_path)) == {
+        2: [0.2, 0.2], 0: [-0.2, 0.0, -0.2, 0.0], 1: [0.1, 0.1]}
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"stones": 1, "reward": 0.1}\n{"stones": 2}\n')
+    with pytest.raises(SystemExit, match="broken.jsonl, line 2"):
+        replayed_rewards(broken)
 
 
 def test_oracle_flags_are_taken_out_of_the_train_flags_and_checked():

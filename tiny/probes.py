@@ -3,7 +3,8 @@ imports this file.
 
     python -m tiny.probes
     python -m tiny.probes runs/RUN      # what a finished run's SOAR teachers learned
-    python -m tiny.probes oracle STEPS [--noise SD] [--seed S] [train.py flags]   # can the teacher learn from a perfect reward?
+    python -m tiny.probes oracle STEPS [--noise SD | --replay FILE] [--seed S] [train.py flags]   # can the teacher learn from a perfect reward?
+    python -m tiny.probes rewards runs/RUN   # its datasets' stepping stones and rewards, for --replay
     python -m tiny.probes repeat runs/RUN [DATASETS COPIES]   # how much of the reward is chance?
     python -m tiny.probes chance COPIES [train.py flags]   # ... by random streams and measure
 
@@ -12,8 +13,10 @@ The first prints the base model's accuracy by phrasing and length, the hard set,
 against one on plain sums: `main`), and what SOAR's teacher reward is made of (one student copy's
 RLOO inner loop on stepping stones, plain sums and the base teacher's questions:
 `inner_loop_check`). The second reads a run directory (`teacher_check`); the third trains the
-teacher alone on a reward with no student in it, exact or with noise added (`oracle_teacher`);
-the fourth retrains student copies on a run's datasets to split its reward into what the
+teacher alone on a reward with no student in it, exact, with noise added, or replayed from a
+run (`oracle_teacher`);
+the fourth writes what a run's datasets earned, for the third to replay (`write_dataset_rewards`);
+the fifth retrains student copies on a run's datasets to split its reward into what the
 dataset decides and what is chance (`reward_repeatability`).
 """
 import copy
@@ -214,13 +217,34 @@ def stones(data: list[dict]) -> int:
     return sum(world.classify(q["problem"], q["answer"])["stepping_stone"] for q in data)
 
 
-def replayed_rewards(run_dir: Path) -> dict[int, list[float]]:
-    """The teacher rewards a run's datasets earned, by their number of stepping stones."""
+def write_dataset_rewards(run_dir: Path) -> Path:
+    """RUN/dataset_rewards.jsonl: every dataset of a run's SOAR jobs, in order, with its seed,
+    number of stepping stones and teacher reward: a small file the replay oracle reads without
+    the run."""
     cfg = json.loads((run_dir / "config.json").read_text())
+    jobs = sorted(run_dir.glob("seed*/soar"))
+    if cfg["model"] != "tiny" or not jobs:
+        raise SystemExit(f"{run_dir}: not a tiny-world run with seed*/soar jobs")
+    out = run_dir / "dataset_rewards.jsonl"
+    with open(out, "w") as f:
+        for job in jobs:
+            for share, reward in dataset_stones_and_rewards(job, cfg["g"], cfg["n"]):
+                row = {"seed": job.parent.name, "stones": round(share * cfg["n"]), "reward": reward}
+                f.write(json.dumps(row) + "\n")
+    return out
+
+
+def replayed_rewards(path: Path) -> dict[int, list[float]]:
+    """The teacher rewards in a dataset_rewards.jsonl, by the datasets' number of stepping stones."""
     earned = {}
-    for job in sorted(run_dir.glob("seed*/soar")):
-        for share, reward in dataset_stones_and_rewards(job, cfg["g"], cfg["n"]):
-            earned.setdefault(round(share * cfg["n"]), []).append(reward)
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line)
+            earned.setdefault(int(row["stones"]), []).append(float(row["reward"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise SystemExit(f"{path}, line {line_no}: not a dataset's stones and reward ({error})")
+    if not earned:
+        raise SystemExit(f"{path}: no dataset rewards in it")
     return earned
 
 
@@ -395,14 +419,15 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
     stepping stones: the best signal the students could give. How far p_quickly and the
     stepping-stone share move says how many outer steps the teacher needs to learn from a signal
     this clean. `--noise SD` adds Gaussian noise of that SD to each reward, to match the real
-    reward's (`teacher_check` measures it); `--replay RUN` instead draws each dataset's reward
+    reward's (`teacher_check` measures it); `--replay FILE` instead draws each dataset's reward
     from the rewards a finished run's datasets with as many stepping stones earned (its noise as
-    it came: sparse, with rare large outliers); `--seed S` draws another trajectory. The other
+    it came: sparse, with rare large outliers; FILE is the run's dataset_rewards.jsonl, written
+    by `python -m tiny.probes rewards RUN`); `--seed S` draws another trajectory. The other
     flags are train.py's (--teacher-lr, --g, --n, --teacher-kl-coef, ...)."""
     noise, flags = take_flag(flags, "--noise", float, 0.0, lambda x: x >= 0,
                              "a reward noise SD in share units (a number >= 0)")
-    replay, flags = take_flag(flags, "--replay", Path, None, lambda run: any(run.glob("seed*/soar")),
-                              "a run directory with seed*/soar jobs")
+    replay, flags = take_flag(flags, "--replay", Path, None, Path.is_file,
+                              "a dataset_rewards.jsonl file (python -m tiny.probes rewards RUN)")
     seed, flags = take_flag(flags, "--seed", int, 0, lambda x: x >= 0, "a seed (an integer >= 0)")
     cfg, _, _ = config.parse_config(flags + ["--outer-steps", str(steps)])
     torch.set_num_threads(cfg.threads)
@@ -447,6 +472,8 @@ if __name__ == "__main__":
         if not (sys.argv[2].isdigit() and int(sys.argv[2]) > 1):
             raise SystemExit(f"chance: COPIES is a whole number above 1, not {sys.argv[2]!r}")
         stream_chance(int(sys.argv[2]), sys.argv[3:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "rewards":
+        print(write_dataset_rewards(Path(sys.argv[2])))
     elif len(sys.argv) > 1:
         teacher_check(Path(sys.argv[1]))
     else:
