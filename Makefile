@@ -17,7 +17,7 @@ tiny: $(VENV)/.installed
 	$(BIN)/python train.py
 
 # SOAR's central claim in the tiny world: does the grounded teacher learn to write stepping
-# stones? 3 seeds on 2 processes, about 1 h 45 min on 2 cores (docs/runs/teacher_learns)
+# stones? 3 seeds on 2 processes, about 1 h 40 min on 2 cores (docs/runs/teacher_learns)
 TEACHER_LEARNS = --tau 1e9 --g 6 --n 8 --student-batch 8 --r 1 --inner-steps 12 --kl-coef 0 \
 	--teacher-tokens question --teacher-lr 1e-3 --teacher-kl-coef 0.05 --teacher-advantage scaled \
 	--copy-streams common \
