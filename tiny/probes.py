@@ -195,9 +195,13 @@ def p_quickly(model, tokenizer) -> float:
     return (p[quick] / (p[quick] + p[plain])).item()
 
 
+def stones(data: list[dict]) -> int:
+    """How many of a dataset's pairs are stepping stones (`world.classify`)."""
+    return sum(world.classify(q["problem"], q["answer"])["stepping_stone"] for q in data)
+
+
 def stone_share(data: list[dict]) -> float:
-    """The share of a dataset's pairs that are stepping stones (`world.classify`)."""
-    return statistics.mean(world.classify(q["problem"], q["answer"])["stepping_stone"] for q in data)
+    return stones(data) / len(data)
 
 
 def logged_datasets(job: Path, g: int, n: int) -> dict[int, list[list[dict]]]:
@@ -211,10 +215,6 @@ def logged_datasets(job: Path, g: int, n: int) -> dict[int, list[list[dict]]]:
             valid.setdefault(q["step"], []).append(q)
     return {step: datasets for step, pairs in valid.items()
             if (datasets := split_datasets(pairs[:g * n], g)) is not None}
-
-
-def stones(data: list[dict]) -> int:
-    return sum(world.classify(q["problem"], q["answer"])["stepping_stone"] for q in data)
 
 
 def write_dataset_rewards(run_dir: Path) -> Path:
@@ -434,6 +434,8 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
     model, tokenizer = probe_model(cfg, seed)
     optimizer, scheduler = make_optimizer(model, "teacher", cfg.teacher_lr, steps, cfg.teacher_warmup)
     generator, noise_rng = torch.Generator().manual_seed(seed), random.Random(seed)
+    if replay and noise:
+        raise SystemExit("oracle: --noise and --replay each set the reward's noise; give one")
     earned = replayed_rewards(replay) if replay else None
     print(f"oracle reward, {steps} steps, teacher lr {cfg.teacher_lr}, g {cfg.g} x n {cfg.n}, "
           f"KL {cfg.teacher_kl_coef}, noise SD {noise}, replay {replay}, seed {seed}")
@@ -449,13 +451,15 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
             break
         pairs, _ = sample_pairs(model, tokenizer, cfg.g * cfg.n, cfg, generator, {})
         datasets = split_datasets(pairs, cfg.g)
-        rewards = [stone_share(data) for data in datasets]
+        counts = [stones(data) for data in datasets]
+        rewards = [count / len(data) for count, data in zip(counts, datasets)]
         shares.append((statistics.mean(rewards), statistics.mean(
             world.check_question(p["problem"], p["answer"])["correct"] for p in pairs),
             vendi_score([p["problem"] for p in pairs])))
-        rewards = [r + noise_rng.gauss(0.0, noise) for r in rewards] if noise else rewards
         if earned:
-            rewards = [noise_rng.choice(earned[min(stones(data), max(earned))]) for data in datasets]
+            rewards = [noise_rng.choice(earned[min(count, max(earned))]) for count in counts]
+        elif noise:
+            rewards = [r + noise_rng.gauss(0.0, noise) for r in rewards]
         teacher_update(model, tokenizer, optimizer, scheduler, datasets, rewards, cfg)
 
 
