@@ -1,7 +1,8 @@
 # Two commands on a fresh machine, each setting up what it needs in .venv first:
 #   make tiny    the built-in tiny world: SOAR against its baselines on a CPU (about 30 minutes)
 #   make teacher-learns   does the grounded teacher learn? (under 2 hours on 2 cores)
-#   make test    the test suite (about 8 minutes on 2 CPU cores); CI runs this
+#   make teacher-learns-more   3 more seeds of it (3-5), then its summary over all 6 seeds
+#   make test    the test suite (about 17 minutes on 2 CPU cores); CI runs this
 #   make test-fast   the suite less the tests marked slow (real model, several processes,
 #                train.py or bench.py end to end): the quick loop while changing code (docs/testing.md)
 # TORCH is what pip installs for torch when the venv has none: the CPU build by default; on a
@@ -11,7 +12,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: tiny teacher-learns test test-fast mutants
+.PHONY: tiny teacher-learns teacher-learns-more test test-fast mutants
 
 tiny: $(VENV)/.installed
 	$(BIN)/python train.py
@@ -26,6 +27,12 @@ TEACHER_LEARNS = --tau 1e9 --g 6 --n 8 --student-batch 8 --r 1 --inner-steps 12 
 	--seeds 3 --processes 2
 teacher-learns: $(VENV)/.installed
 	$(BIN)/python train.py $(TEACHER_LEARNS) --out runs/teacher_learns
+
+# The same flags at seeds 3-5 (another 1 h 40 min), pooled with make teacher-learns's seeds
+# 0-2 into one summary over 6 seeds (docs/runs/teacher_learns_pooled)
+teacher-learns-more: $(VENV)/.installed
+	$(BIN)/python train.py $(TEACHER_LEARNS) --seed 3 --out runs/teacher_learns_s3
+	$(BIN)/python report.py --pool runs/teacher_learns_pooled runs/teacher_learns runs/teacher_learns_s3
 
 # -rs: every skipped test says why (e.g. ../shared/data/real is absent)
 test: $(VENV)/.installed

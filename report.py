@@ -1,6 +1,7 @@
 """The run's summary and report, rebuilt from its run directory.
 
     python report.py RUN_DIR
+    python report.py --pool OUT RUN_DIR RUN_DIR ...   # runs of the same flags at other seeds
 
 `summarize` reads a finished run's files (config.json, seed*/*/result.json, the teachers'
 metrics.jsonl and the question sets) into summary.json's statistics over seeds: the pass@k
@@ -8,7 +9,8 @@ table, paired differences with t intervals, what the teachers wrote and how it c
 train.py prints that table at the end of a run and writes summary.json; `write_report` reads it
 and the metrics logs and writes PNG plots and report.md. Every plot is skipped, with a note in
 report.md, when its data is absent (an unfinished run, a run without Intrinsic-T or Hard-Only),
-so a report can be made at any point of a run.
+so a report can be made at any point of a run. `--pool` adds seeds to a finished run: it
+summarizes runs whose flags differ only in their seeds as one run, into OUT/summary.json.
 """
 import json
 import math
@@ -27,6 +29,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from config import EVALUATED, METHOD_ORDER, TEACHERS, student_jobs  # noqa: E402
 from run_dir import read_jsonl  # noqa: E402
 from teacher import question_diversity  # noqa: E402
+from tiny.world import question_quality  # noqa: E402
 
 
 def read_json(path):
@@ -52,19 +55,49 @@ TREND_MEASURES = (("quality", "stepping_stone"), ("quality", "quick"), ("quality
                   ("policy_quality", "quick"), ("policy_quality", "correct"))
 
 
-def summarize(run_dir: Path, quality=None) -> dict:
+def summarize(*run_dirs: Path) -> dict:
     """summary.json of a finished run, from its files: the pass@k table, paired differences,
-    question analysis (with `quality`, an exact measure of question sets where there is one) and
-    teacher trends over the run's seeds, and its config."""
-    config = read_json(run_dir / "config.json")
-    seeds = range(config["seed"], config["seed"] + config["seeds"])
+    question analysis (in the tiny world, graded by its exact checker) and teacher trends over
+    the run's seeds, and its config. Given several runs of the same flags at other seeds, the
+    same over all their seeds, with "runs": which seeds came from which run."""
+    run_dirs = [Path(d) for d in run_dirs]
+    config, seed_dirs = pooled_seeds(run_dirs)
     students = config.get("fresh_students", 1)
-    per_seed = {seed: read_results(run_dir / f"seed{seed}", students) for seed in seeds}
-    return {"pass_at_k": pass_at_k_table(per_seed), "paired_differences": paired_differences(per_seed),
-            "question_analysis": question_analysis(run_dir, seeds, quality, students),
-            "teacher_trends": teacher_trends(run_dir, seeds), "config": config,
-            "per_student": {m: per for m in EVALUATED
-                            if (per := {s: r[m]["students"] for s, r in per_seed.items() if m in r})}}
+    quality = question_quality if config["model"] == "tiny" else None
+    per_seed = {seed: read_results(seed_dir, students) for seed, seed_dir in seed_dirs.items()}
+    summary = {"pass_at_k": pass_at_k_table(per_seed), "paired_differences": paired_differences(per_seed),
+               "question_analysis": question_analysis(seed_dirs, quality, students),
+               "teacher_trends": teacher_trends(seed_dirs), "config": config,
+               "per_student": {m: per for m in EVALUATED
+                               if (per := {s: r[m]["students"] for s, r in per_seed.items() if m in r})}}
+    if len(run_dirs) > 1:
+        summary["runs"] = {str(d): [s for s, sd in seed_dirs.items() if sd.parent == d] for d in run_dirs}
+    return summary
+
+
+# Settings that may differ between runs pooled as one: which seeds, and where they were written
+POOLABLE = ("seed", "seeds", "out")
+
+
+def pooled_seeds(run_dirs: list[Path]) -> tuple[dict, dict[int, Path]]:
+    """(the config of the first run, {seed: its folder}) over runs of the same flags; a run whose
+    other flags differ, or that repeats a seed, is an error that names it."""
+    config, seed_dirs = None, {}
+    for run_dir in run_dirs:
+        if not (run_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{run_dir}/config.json not found: not a run directory")
+        own = read_json(run_dir / "config.json")
+        config = config or own
+        differ = sorted(k for k in config.keys() | own.keys()
+                        if k not in POOLABLE and config.get(k) != own.get(k))
+        if differ:
+            raise ValueError(f"{run_dir}: its flags differ from {run_dirs[0]}'s ({', '.join(differ)}); "
+                             "only runs of the same flags pool")
+        for seed in range(own["seed"], own["seed"] + own["seeds"]):
+            if seed in seed_dirs:
+                raise ValueError(f"{run_dir}: seed {seed} is also in {seed_dirs[seed].parent}")
+            seed_dirs[seed] = run_dir / f"seed{seed}"
+    return config, seed_dirs
 
 
 def read_results(seed_dir: Path, students: int = 1) -> dict:
@@ -125,13 +158,13 @@ def paired_differences(per_seed: dict[int, dict]) -> dict:
     return out
 
 
-def teacher_trends(run_dir: Path, seeds) -> dict:
+def teacher_trends(seed_dirs: dict[int, Path]) -> dict:
     """Does a teacher learn? Per teacher (SOAR's, the intrinsic one) and measure, the per-seed
     least-squares slope over outer steps (per 10 steps), with a 95% t interval over seeds."""
     trends = {}
     for method in TEACHERS:
-        runs = [read_jsonl(path) for s in seeds
-                if (path := run_dir / f"seed{s}" / method / "metrics.jsonl").exists()]
+        runs = [read_jsonl(path) for seed_dir in seed_dirs.values()
+                if (path := seed_dir / method / "metrics.jsonl").exists()]
         for group, measure in TREND_MEASURES:
             slopes = []
             for rows in runs:
@@ -145,14 +178,14 @@ def teacher_trends(run_dir: Path, seeds) -> dict:
     return trends
 
 
-def question_analysis(run_dir: Path, seeds, quality=None, students: int = 1) -> dict:
+def question_analysis(seed_dirs: dict[int, Path], quality=None, students: int = 1) -> dict:
     """Per question set (PQ, the teachers' samples): size and diversity, and with `quality` (in
     the tiny world, its exact checker) the share of well-posed questions and of correct answers."""
     analysis = {}
     for name, (job, file) in QUESTION_SETS.items():
         jobs = [job] if name == "soar_pq" else student_jobs(job, students)
-        per_seed = [[q for j in jobs for q in read_jsonl(run_dir / f"seed{s}" / j / file)]
-                    for s in seeds]
+        per_seed = [[q for j in jobs for q in read_jsonl(seed_dir / j / file)]
+                    for seed_dir in seed_dirs.values()]
         per_seed = [qs for qs in per_seed if qs]
         if not per_seed:
             continue
@@ -163,8 +196,16 @@ def question_analysis(run_dir: Path, seeds, quality=None, students: int = 1) -> 
 
 
 def print_summary(summary: dict) -> None:
-    """The pass@k table and the paired differences, as a run ends."""
-    table, paired = summary["pass_at_k"], summary["paired_differences"]
+    """The pass@k table, the paired differences and the teachers' trends, as a run ends."""
+    print_pass_at_k(summary["pass_at_k"], summary["paired_differences"])
+    for teacher, trends in summary.get("teacher_trends", {}).items():
+        print(f"\n{teacher} teacher, change per 10 outer steps: mean [95% t interval] over seeds")
+        for measure, c in trends.items():
+            print(f"  {measure.removesuffix(' / 10 steps'):<26}{c['mean']:>+9.4f} "
+                  f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]   ({c['n_seeds']} seeds)")
+
+
+def print_pass_at_k(table: dict, paired: dict) -> None:
     ks = list(next(iter(table.values())).keys()) if table else []
     print("\npass@k (%) on the hard test set, mean ± SD over seeds")
     print(f"{'method':<12}" + "".join(f"{'@' + k:>14}" for k in ks) + "   seeds")
@@ -497,11 +538,27 @@ def write_report(run_dir: Path) -> list[Path]:
     return written + [run_dir / "report.md"]
 
 
+USAGE = ("usage: python report.py RUN_DIR\n"
+         "       python report.py --pool OUT RUN_DIR RUN_DIR...   (runs of the same flags at other "
+         "seeds: their summary over all seeds, in OUT/summary.json)")
+
+
+def pool(out: Path, run_dirs: list[Path]) -> Path:
+    summary = summarize(*run_dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print_summary(summary)
+    return out / "summary.json"
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python report.py RUN_DIR")
+    args = sys.argv[1:]
+    if not (len(args) == 1 or (len(args) >= 4 and args[0] == "--pool")):
+        sys.exit(USAGE)
     try:
-        for path in write_report(Path(sys.argv[1])):
+        written = (write_report(Path(args[0])) if len(args) == 1
+                   else [pool(Path(args[1]), [Path(a) for a in args[2:]])])
+        for path in written:
             print(path)
     except (OSError, ValueError) as e:
         sys.exit(f"report: {e}")

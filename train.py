@@ -42,7 +42,7 @@ from student import (answer, correct_counts, greedy_correct, progress_measures, 
                      train_student)
 from teacher import by_length, question_diversity, sample_pairs, split_datasets, teacher_update
 from tiny.model import tiny_hard_set, tiny_model_path
-from tiny.world import classify
+from tiny.world import question_quality
 
 
 # ---- the rewards of a step's datasets -----------------------------------------------------------
@@ -254,14 +254,6 @@ def run_teacher(w: World, method: str, seed: int, job: Path) -> dict:
     return state
 
 
-def question_quality(pairs: list[dict]) -> dict:
-    """Tiny world only: shares of well-posed questions, correct teacher answers, "quickly" sums,
-    and stepping stones (right-answered "quickly" sums of 2-4 digits)."""
-    checks = [classify(p["problem"], p["answer"]) for p in pairs]
-    return {key: statistics.mean(c[key] for c in checks)
-            for key in ("well_posed", "correct", "quick", "stepping_stone")}
-
-
 def log_step(row: dict, bar) -> None:
     fmt = lambda x: "  -  " if x is None else f"{x:+.3f}"  # noqa: E731
     t = row["times"]
@@ -401,7 +393,7 @@ def main(argv: list[str]) -> None:
     procs.close()
     if not procs.main:
         return
-    summary = summarize(run_dir, quality=question_quality if cfg.model == "tiny" else None)
+    summary = summarize(run_dir)
     summary["run"] = {"argv": argv, "processes": procs.count, "cpus": os.cpu_count(),
                       "wall_seconds": round(time.time() - started, 1), "resumed": resuming}
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))

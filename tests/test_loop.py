@@ -100,7 +100,7 @@ def test_teacher_trends_are_per_seed_slopes_per_ten_steps(tmp_path):
         path = tmp_path / f"seed{seed}" / "soar" / "metrics.jsonl"
         path.parent.mkdir(parents=True)
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    trends = teacher_trends(tmp_path, [0, 1])
+    trends = teacher_trends({seed: tmp_path / f"seed{seed}" for seed in (0, 1)})
     cell = trends["soar"]["stepping_stone / 10 steps"]
     assert cell["mean"] == pytest.approx(0.2) and cell["n_seeds"] == 2
     half = 12.706 * cell["sd"] / 2 ** 0.5

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from report import KS, write_report
+from report import KS, summarize, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOTS = ["teacher_reward.png", "hard_train_acc.png", "valid_rate.png", "diversity.png",
@@ -143,7 +143,51 @@ def test_the_committed_teacher_learns_run_holds_what_a_reader_needs_to_check_it(
     for seed in seeds:
         rows = [json.loads(line) for line in (run / f"seed{seed}" / "soar" / "metrics.jsonl").open()]
         assert [r["step"] for r in rows] == list(range(config["outer_steps"]))
-    assert teacher_trends(run, seeds) == summary["teacher_trends"]
+    assert teacher_trends({seed: run / f"seed{seed}" for seed in seeds}) == summary["teacher_trends"]
+
+
+def make_seeds(run, first, rises, **flags):
+    """A run of seeds first, first+1, ... whose SOAR teacher's policy stepping-stone share rises
+    by rises[i] a step in seed first+i."""
+    config = {"model": "tiny", "seed": first, "seeds": len(rises), "out": str(run), "g": 6, **flags}
+    (run / "config.json").parent.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps(config))
+    for seed, rise in enumerate(rises, first):
+        write_jsonl(run / f"seed{seed}" / "soar" / "metrics.jsonl",
+                    [{"step": t, "policy_quality": {"stepping_stone": 0.1 + rise * t}} for t in range(6)])
+    return run
+
+
+def test_runs_of_the_same_flags_at_other_seeds_pool_into_one_summary(tmp_path):
+    first = make_seeds(tmp_path / "a", 0, [0.001, 0.002, 0.003])
+    second = make_seeds(tmp_path / "b", 3, [0.004, 0.005])
+    summary = summarize(first, second)
+    trend = summary["teacher_trends"]["soar"]["policy stepping_stone / 10 steps"]
+    assert trend["n_seeds"] == 5 and trend["mean"] == pytest.approx(0.03)
+    assert summary["runs"] == {str(first): [0, 1, 2], str(second): [3, 4]}
+    alone = summarize(first)["teacher_trends"]["soar"]["policy stepping_stone / 10 steps"]
+    assert alone["n_seeds"] == 3 and alone["mean"] == pytest.approx(0.02)
+
+
+def test_pooling_refuses_runs_whose_flags_differ_or_whose_seeds_repeat(tmp_path):
+    first = make_seeds(tmp_path / "a", 0, [0.001, 0.002])
+    other_flags = make_seeds(tmp_path / "b", 2, [0.001], g=8)
+    with pytest.raises(ValueError, match=r"b: its flags differ from .*a's \(g\)"):
+        summarize(first, other_flags)
+    same_seed = make_seeds(tmp_path / "c", 1, [0.001])
+    with pytest.raises(ValueError, match=r"c: seed 1 is also in .*a$"):
+        summarize(first, same_seed)
+
+
+def test_cli_pools_runs_into_a_summary_and_prints_the_teachers_trends(tmp_path):
+    runs = [make_seeds(tmp_path / "a", 0, [0.001, 0.002]), make_seeds(tmp_path / "b", 2, [0.003])]
+    out = tmp_path / "pooled"
+    result = subprocess.run([sys.executable, str(ROOT / "report.py"), "--pool", str(out), *map(str, runs)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "summary.json").read_text())["runs"] == {str(runs[0]): [0, 1], str(runs[1]): [2]}
+    assert "soar teacher, change per 10 outer steps" in result.stdout
+    assert "policy stepping_stone       +0.0200 [" in result.stdout and "(3 seeds)" in result.stdout
 
 
 def test_a_methods_row_is_the_mean_of_its_fresh_students(tmp_path):

@@ -423,7 +423,9 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
     from the rewards a finished run's datasets with as many stepping stones earned (its noise as
     it came: sparse, with rare large outliers; FILE is the run's dataset_rewards.jsonl, written
     by `python -m tiny.probes rewards RUN`); `--seed S` draws another trajectory. The other
-    flags are train.py's (--teacher-lr, --g, --n, --teacher-kl-coef, ...)."""
+    flags are train.py's (--teacher-lr, --g, --n, --teacher-kl-coef, ...). It ends with the
+    trend a run reports, the least-squares slope of the share per 10 steps: from
+    --quality-samples more questions a step when given, as train.py measures it."""
     noise, flags = take_flag(flags, "--noise", float, 0.0, lambda x: x >= 0,
                              "a reward noise SD in share units (a number >= 0)")
     replay, flags = take_flag(flags, "--replay", Path, None, Path.is_file,
@@ -439,7 +441,7 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
     earned = replayed_rewards(replay) if replay else None
     print(f"oracle reward, {steps} steps, teacher lr {cfg.teacher_lr}, g {cfg.g} x n {cfg.n}, "
           f"KL {cfg.teacher_kl_coef}, noise SD {noise}, replay {replay}, seed {seed}")
-    shares = []
+    shares, graded = [], []  # graded: each step's stepping-stone share of --quality-samples more
     for step in range(steps + 1):
         if step % 10 == 0:
             activate(model, "teacher")
@@ -456,11 +458,18 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
         shares.append((statistics.mean(rewards), statistics.mean(
             world.check_question(p["problem"], p["answer"])["correct"] for p in pairs),
             vendi_score([p["problem"] for p in pairs])))
+        if cfg.quality_samples:  # as train.py measures the run's trend: from a stream of their own
+            sampled, _ = sample_pairs(model, tokenizer, cfg.quality_samples, cfg,
+                                      generators(seed, "oracle", step, "quality")[0], {})
+            graded.append(stone_share(sampled))
         if earned:
             rewards = [noise_rng.choice(earned[min(count, max(earned))]) for count in counts]
         elif noise:
             rewards = [r + noise_rng.gauss(0.0, noise) for r in rewards]
         teacher_update(model, tokenizer, optimizer, scheduler, datasets, rewards, cfg)
+    trend = graded or [share for share, _, _ in shares]
+    print(f"stepping-stone trend: {1000 * statistics.linear_regression(range(len(trend)), trend).slope:+.2f} "
+          f"points per 10 steps, from {'--quality-samples' if graded else 'the training questions'}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ make up the pretraining corpus (tiny/model.py trains on them).
 """
 import random
 import re
+import statistics
 
 QUICK, PLAIN = "Quickly, compute", "Compute"
 MAX_DIGITS = 12  # longest operand that is still in the domain; longer questions are ill-posed
@@ -94,6 +95,14 @@ def classify(question: str, answer: str) -> dict:
     quick = parsed is not None and parsed[2]
     return {**verdict, "quick": quick, "digits": digits,
             "stepping_stone": quick and verdict["correct"] and digits in STEPPING_STONE_DIGITS}
+
+
+def question_quality(pairs: list[dict]) -> dict:
+    """Shares of well-posed questions, correct teacher answers, "quickly" sums, and stepping
+    stones (right-answered "quickly" sums of 2-4 digits) among (question, answer) pairs."""
+    checks = [classify(p["problem"], p["answer"]) for p in pairs]
+    return {key: statistics.mean(c[key] for c in checks)
+            for key in ("well_posed", "correct", "quick", "stepping_stone")}
 
 
 def random_operand(rng: random.Random, n_digits: int) -> str:
