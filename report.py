@@ -1,7 +1,7 @@
 """The run's summary and report, rebuilt from its run directory.
 
     python report.py RUN_DIR
-    python report.py --pool OUT RUN_DIR RUN_DIR ...   # runs of the same flags at other seeds
+    python report.py --pool OUT RUN_DIR ...   # runs of the same flags at other seeds, as one
 
 `summarize` reads a finished run's files (config.json, seed*/*/result.json, the teachers'
 metrics.jsonl and the question sets) into summary.json's statistics over seeds: the pass@k
@@ -539,8 +539,8 @@ def write_report(run_dir: Path) -> list[Path]:
 
 
 USAGE = ("usage: python report.py RUN_DIR\n"
-         "       python report.py --pool OUT RUN_DIR RUN_DIR...   (runs of the same flags at other "
-         "seeds: their summary over all seeds, in OUT/summary.json)")
+         "       python report.py --pool OUT RUN_DIR...   (runs of the same flags at other seeds: "
+         "their summary over all seeds, in OUT/summary.json)")
 
 
 def pool(out: Path, run_dirs: list[Path]) -> Path:
@@ -553,7 +553,7 @@ def pool(out: Path, run_dirs: list[Path]) -> Path:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if not (len(args) == 1 or (len(args) >= 4 and args[0] == "--pool")):
+    if not (len(args) == 1 or (len(args) >= 3 and args[0] == "--pool")):
         sys.exit(USAGE)
     try:
         written = (write_report(Path(args[0])) if len(args) == 1

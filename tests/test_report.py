@@ -129,11 +129,12 @@ def test_cli_exits_nonzero_with_one_line_for_a_non_run_dir(tmp_path):
     assert result.stderr.strip() == f"report: {tmp_path}/config.json not found: not a run directory"
 
 
-def test_the_committed_teacher_learns_run_holds_what_a_reader_needs_to_check_it():
-    """docs/runs/teacher_learns: the flags that made it, on at most 2 processes, and every seed's
-    teacher log complete, so that its trends can be recomputed and its first steps re-run."""
-    from report import teacher_trends
-    run = ROOT / "docs" / "runs" / "teacher_learns"
+@pytest.mark.parametrize("name", ["teacher_learns", "teacher_learns_s3"])
+def test_the_committed_teacher_learns_runs_hold_what_a_reader_needs_to_check_them(name):
+    """docs/runs/teacher_learns*: the flags that made it, on at most 2 processes, every seed's
+    teacher log complete and every fresh student's result, so that its whole summary can be
+    recomputed and its first steps re-run."""
+    run = ROOT / "docs" / "runs" / name
     summary = json.loads((run / "summary.json").read_text())
     config = json.loads((run / "config.json").read_text())
     assert summary["run"]["processes"] <= 2 and summary["run"]["wall_seconds"] > 0
@@ -143,7 +144,18 @@ def test_the_committed_teacher_learns_run_holds_what_a_reader_needs_to_check_it(
     for seed in seeds:
         rows = [json.loads(line) for line in (run / f"seed{seed}" / "soar" / "metrics.jsonl").open()]
         assert [r["step"] for r in rows] == list(range(config["outer_steps"]))
-    assert teacher_trends({seed: run / f"seed{seed}" for seed in seeds}) == summary["teacher_trends"]
+    recomputed = json.loads(json.dumps(summarize(run)))  # JSON's keys and floats, as written
+    assert recomputed == {key: value for key, value in summary.items() if key != "run"}
+
+
+def test_the_committed_pooled_summary_is_the_two_committed_runs_summarized_as_one():
+    runs = [ROOT / "docs" / "runs" / name for name in ("teacher_learns", "teacher_learns_s3")]
+    pooled = json.loads((ROOT / "docs" / "runs" / "teacher_learns_pooled" / "summary.json").read_text())
+    recomputed = json.loads(json.dumps(summarize(*runs)))
+    assert recomputed.pop("runs") == {str(run): seeds for run, seeds in zip(runs, ([0, 1, 2], [3, 4, 5]))}
+    assert list(pooled.pop("runs").values()) == [[0, 1, 2], [3, 4, 5]]
+    assert recomputed == pooled
+    assert pooled["teacher_trends"]["soar"]["policy stepping_stone / 10 steps"]["n_seeds"] == 6
 
 
 def make_seeds(run, first, rises, **flags):
@@ -188,6 +200,9 @@ def test_cli_pools_runs_into_a_summary_and_prints_the_teachers_trends(tmp_path):
     assert json.loads((out / "summary.json").read_text())["runs"] == {str(runs[0]): [0, 1], str(runs[1]): [2]}
     assert "soar teacher, change per 10 outer steps" in result.stdout
     assert "policy stepping_stone       +0.0200 [" in result.stdout and "(3 seeds)" in result.stdout
+    no_runs = subprocess.run([sys.executable, str(ROOT / "report.py"), "--pool", str(out)],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert no_runs.returncode == 1 and no_runs.stderr.startswith("usage: python report.py RUN_DIR")
 
 
 def test_a_methods_row_is_the_mean_of_its_fresh_students(tmp_path):
