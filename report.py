@@ -39,6 +39,12 @@ def read_json(path):
         raise ValueError(f"{path}: malformed JSON: {e}") from None
 
 
+def read_config(run_dir: Path) -> dict:
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir}/config.json not found: not a run directory")
+    return read_json(run_dir / "config.json")
+
+
 # ---- the summary: statistics over seeds, from the run directory ---------------------------------
 
 # {name: (job, file)}: the question sets analysed; a teacher's sample is every fresh student's
@@ -84,9 +90,7 @@ def pooled_seeds(run_dirs: list[Path]) -> tuple[dict, dict[int, Path]]:
     other flags differ, or that repeats a seed, is an error that names it."""
     config, seed_dirs = None, {}
     for run_dir in run_dirs:
-        if not (run_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{run_dir}/config.json not found: not a run directory")
-        own = read_json(run_dir / "config.json")
+        own = read_config(run_dir)
         config = config or own
         differ = sorted(k for k in config.keys() | own.keys()
                         if k not in POOLABLE and config.get(k) != own.get(k))
@@ -497,9 +501,7 @@ def plots(runs, config, summary):
 def write_report(run_dir: Path) -> list[Path]:
     """Write the plots and report.md into run_dir; return the paths written."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir}/config.json not found: not a run directory")
-    config = read_json(run_dir / "config.json")
+    config = read_config(run_dir)
     summary_path = run_dir / "summary.json"
     summary = read_json(summary_path) if summary_path.is_file() else None
     runs = load_metrics(run_dir)
