@@ -139,8 +139,10 @@ class Config:
     kl_coef: float = setting(0.001, "the student's KL penalty to the base model (paper 0.001)")
     teacher_kl_coef: float = setting(0.001, "the teacher's KL penalty to the base model (paper 0.001)")
     reward_measure: str = setting("greedy", "the student's standing on Q_R that rewards the teacher: "
-                                  "greedy accuracy (paper) or sampled (mean accuracy of "
-                                  "--measure-samples answers per problem); both are logged")
+                                  "greedy accuracy (paper), sampled (mean accuracy of "
+                                  "--measure-samples answers per problem) or solution (log of the "
+                                  "mean probability of the problems' reference solutions; rows "
+                                  "need one, as the tiny world's have); all are logged")
     measure_samples: int = setting(4, "sampled answers per Q_R problem for the sampled measure")
     copy_streams: str = setting("independent", "random streams of the student copies: independent "
                                 "(each copy its own) or common (copy j of every dataset the same "
@@ -236,8 +238,8 @@ def config_problem(cfg: Config) -> str | None:
         return f"--checkpointing: {cfg.checkpointing!r} is not one of auto, on, off"
     if cfg.log not in ("none", "tensorboard", "wandb"):
         return f"--log: {cfg.log!r} is not one of none, tensorboard, wandb"
-    if cfg.reward_measure not in ("greedy", "sampled"):
-        return f"--reward-measure: {cfg.reward_measure!r} is not one of greedy, sampled"
+    if cfg.reward_measure not in ("greedy", "sampled", "solution"):
+        return f"--reward-measure: {cfg.reward_measure!r} is not one of greedy, sampled, solution"
     if cfg.copy_streams not in ("independent", "common"):
         return f"--copy-streams: {cfg.copy_streams!r} is not one of independent, common"
     if cfg.teacher_tokens not in ("all", "question"):

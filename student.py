@@ -1,8 +1,10 @@
-"""The student: its prompt, RLOO on (question, answer) pairs, and greedy / pass@k evaluation.
+"""The student: its prompt, RLOO on (question, answer) pairs, greedy / pass@k evaluation, and the
+measures of its standing on Q_R that can reward the teacher.
 
 The student is the "student" LoRA adapter of the shared model. Whoever calls these functions
 decides which weights sit in that adapter (the baseline, a throw-away copy, a fresh student).
 """
+import math
 import random
 
 import torch
@@ -10,6 +12,7 @@ import torch
 from models import (activate, encode_prompt, generate, make_optimizer, policy_gradient_step, timed,
                     update_outcome)
 from rewards import binary_reward, check_many, rloo_advantages, shaped_reward
+from sampler import completion_logprobs
 
 STUDENT_INSTRUCTION = (
     "Solve the following math problem step by step. "
@@ -107,10 +110,47 @@ def sampled_accuracy(model, tokenizer, problems: list[dict], cfg, generator, tim
     return sum(counts) / (cfg.measure_samples * len(problems))
 
 
+def solution_log_probability(model, tokenizer, problems: list[dict], cfg, times) -> float:
+    """log of the mean, over the problems, of the probability that the student writes each one's
+    reference solution (its row's "solution", in the student's own format), teacher-forced at
+    temperature 1. That probability is the student's expected accuracy along the reference path,
+    exact without sampling, and it moves before greedy accuracy does: a copy that has half
+    unlearned a habit earns for it. In log space a difference is how many times likelier the
+    student has become, so a copy that crossed greedy's threshold does not drown the rest."""
+    activate(model, "student")
+    prompts = encode_problems(tokenizer, problems, cfg.use_chat_template)
+    solutions = [solution_ids(tokenizer, p["solution"], cfg.use_chat_template) for p in problems]
+    logps = []
+    with timed(times, "eval"), torch.no_grad():
+        for at in range(0, len(problems), cfg.micro_batch):
+            logp, mask = completion_logprobs(model, prompts[at:at + cfg.micro_batch],
+                                             solutions[at:at + cfg.micro_batch], tokenizer.pad_token_id)
+            logps.append((logp * mask).sum(dim=1))
+    return (torch.logsumexp(torch.cat(logps), dim=0) - math.log(len(problems))).item()
+
+
+def solution_ids(tokenizer, solution: str, chat_template: bool) -> list[int]:
+    """A reference solution's tokens as the student would write them after its prompt: the plain
+    frame ends "Assistant:" and its answers begin with a space; a chat template's do not."""
+    return tokenizer(solution if chat_template else " " + solution, add_special_tokens=False)["input_ids"]
+
+
+def has_solutions(problems: list[dict]) -> bool:
+    return all("solution" in p for p in problems)
+
+
 def progress_measures(model, tokenizer, q_r: list[dict], cfg, generator, times) -> dict:
-    """The student's standing on Q_R: greedy accuracy (the paper's reward) and sampled accuracy."""
+    """The student's standing on Q_R: greedy accuracy (the paper's reward) and the graded ones."""
     return {"greedy": greedy_accuracy(model, tokenizer, q_r, cfg, times),
-            "sampled": sampled_accuracy(model, tokenizer, q_r, cfg, generator, times)}
+            **graded_measures(model, tokenizer, q_r, cfg, generator, times)}
+
+
+def graded_measures(model, tokenizer, q_r: list[dict], cfg, generator, times) -> dict:
+    """Sampled accuracy, and where Q_R's rows hold reference solutions their log probability."""
+    measures = {"sampled": sampled_accuracy(model, tokenizer, q_r, cfg, generator, times)}
+    if has_solutions(q_r):
+        measures["solution"] = solution_log_probability(model, tokenizer, q_r, cfg, times)
+    return measures
 
 
 def correct_counts(model, tokenizer, problems: list[dict], n: int, cfg, generator,

@@ -38,8 +38,8 @@ from rewards import learnability
 from run_dir import (append_jsonl, atomic_save, atomic_write_text, external_logger,
                      forget_unfinished_steps, load_checkpoint, prepare_run_dir, write_jsonl,
                      write_nothing)
-from student import (answer, correct_counts, greedy_correct, progress_measures, sampled_accuracy,
-                     train_student)
+from student import (answer, correct_counts, graded_measures, greedy_correct, has_solutions,
+                     progress_measures, train_student)
 from teacher import by_length, question_diversity, sample_pairs, split_datasets, teacher_update
 from tiny.model import tiny_hard_set, tiny_model_path
 from tiny.world import question_quality
@@ -49,7 +49,8 @@ from tiny.world import question_quality
 
 def grounded_rewards(w: World, datasets, q_r, baseline, baseline_measures, steps, unit, times):
     """R_kj = the student's standing on Q_R after training copy j on X_k, minus the baseline's,
-    by --reward-measure (greedy accuracy, as the paper, or sampled accuracy).
+    by --reward-measure (greedy accuracy, as the paper, sampled accuracy, or the log probability
+    of Q_R's reference solutions).
 
     The g x r copies are spread over the processes; each starts from the baseline student. Its
     randomness comes from its own identity: unit + (k, j), or with --copy-streams common unit +
@@ -147,7 +148,7 @@ def outer_step(w: World, method: str, seed: int, step: int, state: dict, optimiz
         if grounded:
             steps = cfg.inner_steps + (cfg.promotion_extra_steps if state["n_promotions"] else 0)
             # every process measures the baseline itself: the same draws give the same value
-            baseline_measures = {"greedy": baseline_acc, "sampled": sampled_accuracy(
+            baseline_measures = {"greedy": baseline_acc, **graded_measures(
                 model, tokenizer, q_r, cfg, generators(*unit, "measure")[0], times)}
             rewards, measures, copies, student_updates = grounded_rewards(
                 w, datasets, q_r, state["baseline"], baseline_measures, steps, unit, times)
@@ -359,6 +360,10 @@ def main(argv: list[str]) -> None:
             path = str(tiny_model_path()) if cfg.model == "tiny" else resolve_model(cfg.model)
     except (ModelUnavailable, OSError, ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
+    if cfg.reward_measure == "solution" and not has_solutions(hard_train):
+        raise SystemExit(f"error: --reward-measure solution needs every hard-train row "
+                         f"({cfg.hard_train or 'the hard set of --model ' + cfg.model}) to hold a "
+                         f"reference \"solution\" in the student's own format; the tiny world's do")
     if cfg.q_r > len(hard_train) and procs.main:
         tqdm.write(f"warning: --q-r {cfg.q_r} is more than the {len(hard_train)} hard train "
                    "problems; Q_R will be the whole hard train set")

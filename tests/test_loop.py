@@ -379,6 +379,12 @@ def test_unknown_model_fails_at_once_with_a_clear_message(tmp_path, problem_file
     assert time.time() - start < 20
 
 
+def test_the_solution_measure_refuses_a_hard_set_without_reference_solutions(tmp_path, lm_dir,
+                                                                             problem_files):
+    with pytest.raises(SystemExit, match=f"--reward-measure solution .*{problem_files[0]}"):
+        train.main(_smoke_args(lm_dir, problem_files, tmp_path / "run", "--reward-measure", "solution"))
+
+
 def _smoke_args(lm_dir, problem_files, out, *extra):
     train_file, test_file = problem_files
     return ["--model", str(lm_dir), "--smoke", "--out", str(out), "--hard-train", str(train_file),

@@ -105,7 +105,8 @@ def test_the_window_keeps_only_the_last_rewards_and_averages_them():
 
 # ---- the grounded reward ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("streams, measure", [("independent", "greedy"), ("common", "sampled")])
+@pytest.mark.parametrize("streams, measure", [("independent", "greedy"), ("common", "sampled"),
+                                              ("common", "solution")])
 def test_grounded_reward_is_each_copy_s_accuracy_minus_the_baseline_s(monkeypatch, streams, measure):
     """g=2 datasets x r=3 copies with a scripted student: training copy (k, j) leaves the student
     in a state that remembers its dataset and its own draw, and the accuracy of a state is a
@@ -131,11 +132,12 @@ def test_grounded_reward_is_each_copy_s_accuracy_minus_the_baseline_s(monkeypatc
     monkeypatch.setattr(train, "adapter_state", lambda m, role: m.state)
     monkeypatch.setattr(train, "train_student", scripted_train)
     monkeypatch.setattr(train, "progress_measures", lambda m, tok, q, cfg, gen, times: {
-        "greedy": accuracy(m.state), "sampled": accuracy(m.state) / 2})
+        "greedy": accuracy(m.state), "sampled": accuracy(m.state) / 2,
+        "solution": 3 * accuracy(m.state)})
     cfg = SimpleNamespace(r=3, copy_streams=streams, reward_measure=measure)
     w = SimpleNamespace(model=model, tokenizer=None, cfg=cfg, procs=OneProcess())
     datasets = [[{"problem": "X0"}], [{"problem": "X1"}]]
-    base_measures = {"greedy": 0.25, "sampled": 0.1}
+    base_measures = {"greedy": 0.25, "sampled": 0.1, "solution": -2.0}
 
     rewards, by_measure, copies, updates = grounded_rewards(w, datasets, ["q"], baseline,
                                                             base_measures, 3, unit, {})
@@ -149,6 +151,7 @@ def test_grounded_reward_is_each_copy_s_accuracy_minus_the_baseline_s(monkeypatc
             assert copies[(k, j)] == expected
             assert by_measure["greedy"][k][j] == pytest.approx(accuracy(expected) - 0.25)
             assert by_measure["sampled"][k][j] == pytest.approx(accuracy(expected) / 2 - 0.1)
+            assert by_measure["solution"][k][j] == pytest.approx(3 * accuracy(expected) + 2.0)
             assert started_from[draw] == baseline
     assert model.state == baseline  # the copies are thrown away
     assert updates == {"applied": 2 * 3 * 3}
@@ -237,7 +240,8 @@ def run_scripted(method, shared, monkeypatch, tmp_path):
         seen["q_r"].append(problems)
         return 0.5
     monkeypatch.setattr(train, "spread_greedy_accuracy", baseline_accuracy)
-    monkeypatch.setattr(train, "sampled_accuracy", lambda *args: 0.25)  # the baseline's other measure
+    monkeypatch.setattr(train, "graded_measures",  # the baseline's other measures
+                        lambda *args: {"sampled": 0.25, "solution": -3.0})
     # the intrinsic teacher's reward: learnability, here the same high value at every step
     monkeypatch.setattr(train, "intrinsic_rewards",
                         lambda w, datasets, unit, times: ([[0.5]] * len(datasets), {}, {}))
@@ -311,7 +315,8 @@ def test_each_step_logs_every_measure_of_its_copies_and_of_the_baseline(scripted
     _, _, rows, _ = scripted_run
     for step, row in enumerate(rows):
         assert row["copy_rewards"] == {"greedy": STEP_REWARDS[step],
-                                       "baseline": {"greedy": 0.5, "sampled": 0.25}}
+                                       "baseline": {"greedy": 0.5, "sampled": 0.25,
+                                                    "solution": -3.0}}
 
 
 def test_the_teacher_learning_rate_warms_up_then_decays_over_the_outer_steps(scripted_run):

@@ -64,3 +64,58 @@ def test_common_streams_meet_each_dataset_in_order_of_question_length():
     assert [p["problem"] for p in by_length(data)] == ["Compute 1+2.", "Compute 12+34.",
                                                       "Compute 12345+54321."]
     assert by_length(data[::-1]) == by_length(data)
+
+
+# ---- the solution measure ---------------------------------------------------------------------
+
+def test_a_reference_solution_is_tokenized_as_the_tiny_model_learned_its_answers(lm_dir):
+    from student import solution_ids, student_message
+    from tiny.model import encode_example
+    from tiny.world import solution
+    tokenizer = load_model(str(lm_dir), "none", lora_rank=4, lora_alpha=8)[1]
+    problem = "Quickly, compute 4721+385."
+    _, learned = encode_example(tokenizer, student_message(problem), solution(problem))
+    assert solution_ids(tokenizer, solution(problem), chat_template=False) == learned[:-1]  # no EOS
+
+
+def test_the_solution_measure_is_the_log_of_the_mean_probability_of_the_solutions(lm_dir):
+    """exp(measure) of one problem is the product of its solution's next-token probabilities,
+    scored token by token on the unpadded sequence; of two problems whose prompts and solutions
+    differ in length (so that one is padded), the mean of each one's alone."""
+    import math
+    from types import SimpleNamespace
+    from student import encode_problems, solution_ids, solution_log_probability
+    torch.manual_seed(0)
+    model, tokenizer = load_model(str(lm_dir), "none", lora_rank=4, lora_alpha=8)
+    cfg = SimpleNamespace(use_chat_template=False, micro_batch=16)
+    problems = [{"problem": "Compute 12+7.", "solution": "2+7=9. 1+0=1. \\boxed{19}"},
+                {"problem": "Quickly, compute 4721+385.", "solution": "\\boxed{5106}"}]
+
+    def by_hand(row):
+        prompt = encode_problems(tokenizer, [row], False)[0]
+        target = solution_ids(tokenizer, row["solution"], False)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + target])).logits[0].log_softmax(-1)
+        return sum(logits[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(target))
+
+    alone = [solution_log_probability(model, tokenizer, [row], cfg, {}) for row in problems]
+    assert alone == pytest.approx([by_hand(row) for row in problems], abs=1e-4)
+    both = solution_log_probability(model, tokenizer, problems, cfg, {})
+    assert both == pytest.approx(math.log(sum(math.exp(a) for a in alone) / 2), abs=1e-4)
+    # micro-batches of one give the same value
+    assert solution_log_probability(model, tokenizer, problems, SimpleNamespace(
+        use_chat_template=False, micro_batch=1), {}) == pytest.approx(both, abs=1e-5)
+
+
+def test_the_tiny_hard_set_carries_each_problem_s_worked_solution(tmp_path, monkeypatch):
+    import json
+    from tiny import model as tiny_model
+    from tiny.world import generate_problems, solution
+    rows = generate_problems(3, 5, seed=0, quick=True)
+    for name in ("hard_train.jsonl", "hard_test.jsonl", "stats.json"):  # a finished build
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(tiny_model, "tiny_model_path", lambda seed, progress: tmp_path)
+    monkeypatch.setattr(tiny_model, "hard_dir", lambda seed: tmp_path)
+    hard_train, hard_test = tiny_model.tiny_hard_set(progress=False)
+    assert [row["solution"] for row in hard_train] == [solution(row["problem"]) for row in rows]
+    assert [row["problem"] for row in hard_test] == [row["problem"] for row in rows]

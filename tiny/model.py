@@ -278,4 +278,6 @@ def tiny_hard_set(seed: int = 0, progress: bool = True) -> tuple[list[dict], lis
                    chat_template=False, max_new_tokens=HARD["max_new_tokens"],
                    batch_size=HARD["batch_size"], chunk_problems=8, all_k=True, seed=seed,
                    settings={"tiny": HARD}, progress=progress)
-    return read_jsonl(out_dir / "hard_train.jsonl"), read_jsonl(out_dir / "hard_test.jsonl")
+    # each with the worked solution the student writes, for --reward-measure solution
+    return tuple([{**row, "solution": world.solution(row["problem"])} for row in read_jsonl(out_dir / name)]
+                 for name in ("hard_train.jsonl", "hard_test.jsonl"))

@@ -7,6 +7,7 @@ imports this file.
     python -m tiny.probes rewards runs/RUN   # its datasets' stepping stones and rewards, for --replay
     python -m tiny.probes repeat runs/RUN [DATASETS COPIES]   # how much of the reward is chance?
     python -m tiny.probes chance COPIES [train.py flags]   # ... by random streams and measure
+    python -m tiny.probes measures runs/RUN SEED STEPS   # which measure tracks a run's stones?
 
 The first prints the base model's accuracy by phrasing and length, the hard set, whether short
 "quickly" sums are stepping stones to it (accuracy after a short supervised fine-tune on them,
@@ -17,7 +18,10 @@ teacher alone on a reward with no student in it, exact, with noise added, or rep
 run (`oracle_teacher`);
 the fourth writes what a run's datasets earned, for the third to replay (`write_dataset_rewards`);
 the fifth retrains student copies on a run's datasets to split its reward into what the
-dataset decides and what is chance (`reward_repeatability`).
+dataset decides and what is chance (`reward_repeatability`); the sixth does it by random streams
+and measure on datasets of known stepping stones (`stream_chance`); the seventh retrains the
+copies of a run's own datasets as the run did and asks which measure of their standing on Q_R
+follows the datasets' stepping stones (`measure_tracking`).
 """
 import copy
 import json
@@ -386,6 +390,56 @@ def stream_chance(copies: int, flags: list[str], seed: int = 0) -> None:
             report_chance(streams, measure, shares, table)
 
 
+def measure_tracking(run_dir: Path, seed: int, steps: int) -> None:
+    """Which measure of a copy's standing on Q_R follows the stepping stones of the datasets a real
+    teacher wrote: the first `steps` logged steps of the run's SOAR job of `seed` (a run without
+    promotions, so that every copy starts from the untrained student), copy 0 of each dataset
+    retrained with the run's settings and random streams, every measure's reward taken on the
+    step's Q_R as the loop takes it. Prints each dataset's rewards, then per measure the
+    correlation with the number of stepping stones and the noise around a line in share units
+    (the residual SD over the slope: what `oracle --noise` takes)."""
+    cfg = config.Config(**json.loads((run_dir / "config.json").read_text()))
+    torch.set_num_threads(1)
+    job = run_dir / f"seed{seed}" / "soar"
+    if any(m["n_promotions"] for m in complete_rows(job / "metrics.jsonl")):
+        raise SystemExit(f"{job}: a promotion changed the baseline student; use a run with --tau 1e9")
+    datasets_of = logged_datasets(job, cfg.g, cfg.n)
+    hard_train, _ = tiny_hard_set()
+    model, tokenizer = probe_model(cfg, cfg.seed)  # train.py seeds the LoRA by the run's first seed
+    base = adapter_state(model, "student")
+    rows, start = [], time.perf_counter()
+    for step in sorted(datasets_of)[:steps]:
+        unit = (seed, "soar", step)
+        q_r = generators(*unit, "q_r")[1].sample(hard_train, min(cfg.q_r, len(hard_train)))
+        load_adapter_state(model, "student", base)
+        base_measures = student.progress_measures(model, tokenizer, q_r, cfg,
+                                                  generators(*unit, "measure")[0], {})
+        for k, data in enumerate(datasets_of[step]):
+            identity = (*unit, "copy", 0) if cfg.copy_streams == "common" else (*unit, k, 0)
+            load_adapter_state(model, "student", base)
+            generator, rng = generators(*identity)
+            train_student(model, tokenizer, by_length(data) if cfg.copy_streams == "common" else data,
+                          cfg.inner_steps, cfg, generator, rng, {})
+            measures = student.progress_measures(model, tokenizer, q_r, cfg,
+                                                 generators(*identity, "measure")[0], {})
+            rows.append({"stones": stones(data), "share": stone_share(data),
+                         **{m: v - base_measures[m] for m, v in measures.items()}})
+            print(f"  step {step} dataset {k}: {rows[-1]['stones']} stepping stones; " + "  ".join(
+                f"{m} {rows[-1][m]:+.4f}" for m in measures) + f"  ({time.perf_counter() - start:.0f} s)",
+                  flush=True)
+    shares = [row["share"] for row in rows]
+    for measure in base_measures:
+        rewards = [row[measure] for row in rows]
+        if len(set(rewards)) < 2:
+            print(f"{measure:<8}: every reward was the same")
+            continue
+        fit = statistics.linear_regression(shares, rewards)
+        residual = statistics.stdev([r - fit.intercept - fit.slope * s for s, r in zip(shares, rewards)])
+        print(f"{measure:<8}: correlation with the stepping stones "
+              f"{statistics.correlation([row['stones'] for row in rows], rewards):.2f}; noise "
+              f"{residual / fit.slope:.2f} share units ({len(rows)} datasets)", flush=True)
+
+
 def report_chance(streams: str, measure: str, shares: list[float], table: list[list[float]]) -> None:
     """One line of `stream_chance`: slope of reward over share, chance before and after the
     centring over datasets that the teacher's RLOO applies, and the latter in share units."""
@@ -485,6 +539,10 @@ if __name__ == "__main__":
         if not (sys.argv[2].isdigit() and int(sys.argv[2]) > 1):
             raise SystemExit(f"chance: COPIES is a whole number above 1, not {sys.argv[2]!r}")
         stream_chance(int(sys.argv[2]), sys.argv[3:])
+    elif len(sys.argv) == 5 and sys.argv[1] == "measures":
+        if not (sys.argv[3].isdigit() and sys.argv[4].isdigit() and int(sys.argv[4]) > 0):
+            raise SystemExit(f"measures: SEED and STEPS are whole numbers, not {sys.argv[3:5]}")
+        measure_tracking(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
     elif len(sys.argv) == 3 and sys.argv[1] == "rewards":
         print(write_dataset_rewards(Path(sys.argv[2])))
     elif len(sys.argv) > 1:
