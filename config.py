@@ -122,7 +122,9 @@ class Config:
     teacher_advantage: str = setting("rloo", "the teacher's advantage: rloo, R_k - mean of the "
                                      "other datasets' rewards (paper), or scaled, that divided by "
                                      "the SD of the step's g rewards (as GRPO does), so that one "
-                                     "large reward does not shrink the steps after it")
+                                     "large reward does not shrink the steps after it, or rank, "
+                                     "scaled on the rewards' ranks, so that it does not drown the "
+                                     "others of its own step")
     teacher_max_tokens: int = setting(384, "teacher max new tokens (paper 512)")
     quality_samples: int = setting(0, "tiny world: this many more teacher questions each step, "
                                    "graded exactly and never trained on, to measure what the "
@@ -244,8 +246,8 @@ def config_problem(cfg: Config) -> str | None:
         return f"--copy-streams: {cfg.copy_streams!r} is not one of independent, common"
     if cfg.teacher_tokens not in ("all", "question"):
         return f"--teacher-tokens: {cfg.teacher_tokens!r} is not one of all, question"
-    if cfg.teacher_advantage not in ("rloo", "scaled"):
-        return f"--teacher-advantage: {cfg.teacher_advantage!r} is not one of rloo, scaled"
+    if cfg.teacher_advantage not in ("rloo", "scaled", "rank"):
+        return f"--teacher-advantage: {cfg.teacher_advantage!r} is not one of rloo, scaled, rank"
     if cfg.reward not in ("binary", "shaped"):
         return f"--reward: {cfg.reward!r} is not one of binary, shaped"
     if min(ks) < 1:

@@ -341,6 +341,13 @@ def scaled_by_sd(advantages: torch.Tensor, rewards: torch.Tensor) -> torch.Tenso
     return advantages / sd if sd > 0 else advantages - advantages
 
 
+def ranks(rewards: torch.Tensor) -> torch.Tensor:
+    """Each reward's rank among the others (0 the lowest; tied rewards share their mean rank)."""
+    below = (rewards[None, :] < rewards[:, None]).sum(1).float()
+    tied = (rewards[None, :] == rewards[:, None]).sum(1).float()
+    return below + (tied - 1) / 2
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
     if not 0 <= c <= n or not 1 <= k <= n:

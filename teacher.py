@@ -11,7 +11,7 @@ from collections import Counter
 import torch
 
 from models import activate, encode_prompt, generate, policy_gradient_step, timed, update_outcome
-from rewards import check_many, extract_boxed, rloo_advantages, scaled_by_sd
+from rewards import check_many, extract_boxed, ranks, rloo_advantages, scaled_by_sd
 
 TEACHER_INSTRUCTION = (
     "You are writing a new math problem for a math assistant. "
@@ -112,12 +112,17 @@ def by_length(data: list[dict]) -> list[dict]:
 def teacher_update(model, tokenizer, optimizer, scheduler, datasets: list[list[dict]],
                    dataset_rewards: list[float], cfg) -> dict:
     """RLOO across the g datasets: every sample of X_k gets advantage R_k - mean(R_other),
-    divided by the SD of the g rewards when cfg.teacher_advantage == "scaled".
+    divided by the SD of the g rewards when cfg.teacher_advantage == "scaled", and the same of the
+    rewards' ranks when it is "rank".
     With cfg.teacher_tokens == "question" the advantage moves only the tokens up to the end of the
     question, not the worked answer that makes up most of a sample."""
     rewards = torch.tensor(dataset_rewards, dtype=torch.float32)
+    if cfg.teacher_advantage == "rank":
+        # a heavy-tailed reward (the solution measure's log ratios) gives one dataset a step's
+        # whole update; its order is what tracks the stepping stones
+        rewards = ranks(rewards)
     advantages = rloo_advantages(rewards)
-    if cfg.teacher_advantage == "scaled":
+    if cfg.teacher_advantage in ("scaled", "rank"):
         # AdamW's second moment remembers a rare large reward for hundreds of steps and shrinks
         # every later step by it; scaled, each step with a signal moves the teacher alike
         advantages = scaled_by_sd(advantages, rewards)

@@ -12,7 +12,7 @@ import torch
 import rewards
 from data.benchmarks import load_problems
 from rewards import (binary_reward, check_many, extract_boxed, is_correct, learnability, parse_gold,
-                     pass_at_k, rloo_advantages, scaled_by_sd, shaped_reward)
+                     pass_at_k, ranks, rloo_advantages, scaled_by_sd, shaped_reward)
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 needs_real_data = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real is absent")
@@ -168,6 +168,16 @@ def test_scaled_advantages_do_not_depend_on_the_size_of_the_rewards():
     assert torch.allclose(scaled, rloo_advantages(r) / r.std(unbiased=False))
     even = torch.full((4,), 0.3)
     assert torch.equal(scaled_by_sd(rloo_advantages(even), even), torch.zeros(4))
+
+
+def test_ranks_keep_only_the_order_of_the_rewards_and_share_ties():
+    """--teacher-advantage rank: one dataset far above the rest counts one place above the next,
+    whatever its size; tied rewards (copies that never updated earn exactly 0) share their mean
+    rank."""
+    r = torch.tensor([5.4, -0.2, 0.0, 0.0, -0.3, -6.1])
+    assert torch.equal(ranks(r), torch.tensor([5.0, 2.0, 3.5, 3.5, 1.0, 0.0]))
+    assert torch.equal(ranks(r.clamp(-1, 1) ** 3), ranks(r))  # any increasing function: the same
+    assert torch.equal(ranks(torch.full((3,), 0.7)), torch.ones(3))
 
 
 def test_pass_at_k_matches_brute_force_over_subsets():

@@ -327,11 +327,13 @@ def test_the_teacher_learning_rate_warms_up_then_decays_over_the_outer_steps(scr
 
 # ---- the teacher's update ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("tokens, advantage", [("all", "rloo"), ("question", "rloo"), ("all", "scaled")])
+@pytest.mark.parametrize("tokens, advantage", [("all", "rloo"), ("question", "rloo"), ("all", "scaled"),
+                                              ("question", "rank")])
 def test_every_teacher_sample_gets_its_own_dataset_s_leave_one_out_advantage(monkeypatch, tokens,
                                                                             advantage):
     """... on all of its tokens, or (--teacher-tokens question) on its own question's tokens;
-    with --teacher-advantage scaled, divided by the SD of the step's rewards."""
+    with --teacher-advantage scaled, divided by the SD of the step's rewards; with rank, the same
+    of the rewards' ranks."""
     captured = {}
 
     def capture(model, role, optimizer, prompt_ids, completion_ids, advantages, **kw):
@@ -350,8 +352,9 @@ def test_every_teacher_sample_gets_its_own_dataset_s_leave_one_out_advantage(mon
     stats = teacher.teacher_update(None, tokenizer, None,
                                    SimpleNamespace(step=lambda: None), datasets, rewards, cfg)
     assert stats["update"] == "applied" and captured["role"] == "teacher"
-    scale = statistics.pstdev(rewards) if advantage == "scaled" else 1.0
-    expected = {10 * k + i: (rewards[k] - statistics.mean(rewards[:k] + rewards[k + 1:])) / scale
+    values = [2.0, 1.0, 0.0] if advantage == "rank" else rewards  # rank: the rewards' order alone
+    scale = statistics.pstdev(values) if advantage in ("scaled", "rank") else 1.0
+    expected = {10 * k + i: (values[k] - statistics.mean(values[:k] + values[k + 1:])) / scale
                 for k in range(3) for i in range(2)}
     got = {c[0]: a for c, a in zip(captured["completions"], captured["advantages"])}
     assert got == pytest.approx(expected)

@@ -7,7 +7,7 @@ imports this file.
     python -m tiny.probes rewards runs/RUN   # its datasets' stepping stones and rewards, for --replay
     python -m tiny.probes repeat runs/RUN [DATASETS COPIES]   # how much of the reward is chance?
     python -m tiny.probes chance COPIES [train.py flags]   # ... by random streams and measure
-    python -m tiny.probes measures runs/RUN SEED STEPS   # which measure tracks a run's stones?
+    python -m tiny.probes measures runs/RUN SEED STEPS [--inner-steps N]   # which measure tracks a run's stones?
 
 The first prints the base model's accuracy by phrasing and length, the hard set, whether short
 "quickly" sums are stepping stones to it (accuracy after a short supervised fine-tune on them,
@@ -390,15 +390,17 @@ def stream_chance(copies: int, flags: list[str], seed: int = 0) -> None:
             report_chance(streams, measure, shares, table)
 
 
-def measure_tracking(run_dir: Path, seed: int, steps: int) -> None:
+def measure_tracking(run_dir: Path, seed: int, steps: int, inner_steps: int | None = None) -> None:
     """Which measure of a copy's standing on Q_R follows the stepping stones of the datasets a real
     teacher wrote: the first `steps` logged steps of the run's SOAR job of `seed` (a run without
     promotions, so that every copy starts from the untrained student), copy 0 of each dataset
     retrained with the run's settings and random streams, every measure's reward taken on the
     step's Q_R as the loop takes it. Prints each dataset's rewards, then per measure the
     correlation with the number of stepping stones and the noise around a line in share units
-    (the residual SD over the slope: what `oracle --noise` takes)."""
+    (the residual SD over the slope: what `oracle --noise` takes). `inner_steps` trains the
+    copies for that many steps instead of the run's."""
     cfg = config.Config(**json.loads((run_dir / "config.json").read_text()))
+    cfg.inner_steps = inner_steps or cfg.inner_steps
     torch.set_num_threads(1)
     job = run_dir / f"seed{seed}" / "soar"
     if any(m["n_promotions"] for m in complete_rows(job / "metrics.jsonl")):
@@ -461,9 +463,9 @@ def take_flag(flags: list[str], name: str, kind, default, check, meaning: str):
     try:
         value = kind(flags[at + 1])
     except (IndexError, ValueError):
-        raise SystemExit(f"oracle: {name} needs {meaning}")
+        raise SystemExit(f"{name} needs {meaning}")
     if not check(value):
-        raise SystemExit(f"oracle: {name} {flags[at + 1]}: not {meaning}")
+        raise SystemExit(f"{name} {flags[at + 1]}: not {meaning}")
     return value, flags[:at] + flags[at + 2:]
 
 
@@ -539,10 +541,14 @@ if __name__ == "__main__":
         if not (sys.argv[2].isdigit() and int(sys.argv[2]) > 1):
             raise SystemExit(f"chance: COPIES is a whole number above 1, not {sys.argv[2]!r}")
         stream_chance(int(sys.argv[2]), sys.argv[3:])
-    elif len(sys.argv) == 5 and sys.argv[1] == "measures":
+    elif len(sys.argv) > 4 and sys.argv[1] == "measures":
         if not (sys.argv[3].isdigit() and sys.argv[4].isdigit() and int(sys.argv[4]) > 0):
             raise SystemExit(f"measures: SEED and STEPS are whole numbers, not {sys.argv[3:5]}")
-        measure_tracking(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        inner, rest = take_flag(sys.argv[5:], "--inner-steps", int, None, lambda v: v > 0,
+                                "a whole number above 0")
+        if rest:
+            raise SystemExit(f"measures: unknown arguments {rest}")
+        measure_tracking(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), inner)
     elif len(sys.argv) == 3 and sys.argv[1] == "rewards":
         print(write_dataset_rewards(Path(sys.argv[2])))
     elif len(sys.argv) > 1:
