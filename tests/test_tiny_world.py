@@ -1,6 +1,7 @@
 """Pins the tiny world: the exact checker, the generator's difficulty, the student working and the
 teacher outputs of the corpus, the tokenizer round trip, the cache key, and the save/load path of
 the tiny model (built here with toy settings; the real build is minutes, too slow for tests)."""
+import dataclasses
 import json
 import random
 import re
@@ -10,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import config
 import student
 import teacher
 from tiny import model as tiny_model
@@ -269,11 +271,12 @@ def test_oracle_flags_are_taken_out_of_the_train_flags_and_checked():
             noise(bad)
 
 
-def test_reward_repeatability_refuses_a_run_whose_baseline_student_was_promoted(tmp_path):
-    from tiny.probes import reward_repeatability
+@pytest.mark.parametrize("probe", ["repeat", "measures"])
+def test_probes_refuse_a_run_whose_baseline_student_was_promoted(tmp_path, probe):
+    from tiny.probes import measure_tracking, reward_repeatability
     job = tmp_path / "seed0" / "soar"
     job.mkdir(parents=True)
-    (tmp_path / "config.json").write_text(json.dumps({"g": 2, "n": 2}))
+    (tmp_path / "config.json").write_text(json.dumps({**dataclasses.asdict(config.Config()), "g": 2, "n": 2}))
     (job / "metrics.jsonl").write_text(json.dumps({"step": 0, "n_promotions": 1}) + "\n")
     with pytest.raises(SystemExit, match="promotion"):
-        reward_repeatability(tmp_path)
+        reward_repeatability(tmp_path) if probe == "repeat" else measure_tracking(tmp_path, 0, 1)

@@ -221,6 +221,14 @@ def logged_datasets(job: Path, g: int, n: int) -> dict[int, list[list[dict]]]:
             if (datasets := split_datasets(pairs[:g * n], g)) is not None}
 
 
+def unpromoted_datasets(job: Path, g: int, n: int) -> dict[int, list[list[dict]]]:
+    """`logged_datasets` of a job whose baseline student never changed (a run with --tau 1e9), so
+    that every copy a probe retrains starts, as the run's copies did, from the untrained student."""
+    if any(m["n_promotions"] for m in complete_rows(job / "metrics.jsonl")):
+        raise SystemExit(f"{job}: a promotion changed the baseline student; use a run with --tau 1e9")
+    return logged_datasets(job, g, n)
+
+
 def write_dataset_rewards(run_dir: Path) -> Path:
     """RUN/dataset_rewards.jsonl: every dataset of a run's SOAR jobs, in order, with its seed,
     number of stepping stones and teacher reward: a small file the replay oracle reads without
@@ -311,9 +319,7 @@ def reward_repeatability(run_dir: Path, n_datasets: int = 8, copies: int = 3, se
     cfg = config.parse_config(["--g", str(saved["g"]), "--n", str(saved["n"])])[0]
     torch.set_num_threads(cfg.threads)
     job = run_dir / "seed0" / "soar"
-    if any(m["n_promotions"] for m in complete_rows(job / "metrics.jsonl")):
-        raise SystemExit(f"{job}: a promotion changed the baseline student; use a run with --tau 1e9")
-    datasets_of = logged_datasets(job, cfg.g, cfg.n)
+    datasets_of = unpromoted_datasets(job, cfg.g, cfg.n)
     datasets = [data for step in sorted(datasets_of) for data in datasets_of[step]]
     hard_train, _ = tiny_hard_set(seed)
     q_r = random.Random(seed).sample(hard_train, min(cfg.q_r, len(hard_train)))
@@ -403,9 +409,7 @@ def measure_tracking(run_dir: Path, seed: int, steps: int, inner_steps: int | No
     cfg.inner_steps = inner_steps or cfg.inner_steps
     torch.set_num_threads(1)
     job = run_dir / f"seed{seed}" / "soar"
-    if any(m["n_promotions"] for m in complete_rows(job / "metrics.jsonl")):
-        raise SystemExit(f"{job}: a promotion changed the baseline student; use a run with --tau 1e9")
-    datasets_of = logged_datasets(job, cfg.g, cfg.n)
+    datasets_of = unpromoted_datasets(job, cfg.g, cfg.n)
     hard_train, _ = tiny_hard_set()
     model, tokenizer = probe_model(cfg, cfg.seed)  # train.py seeds the LoRA by the run's first seed
     base = adapter_state(model, "student")
