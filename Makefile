@@ -36,7 +36,8 @@ teacher-learns-more: $(VENV)/.installed
 
 # The graded reward (docs/teacher_signal.md K): --reward-measure solution with the paper's RLOO
 # advantage rose in 3 of 3 seeds of a lighter run (docs/runs/solution_rloo). Its test at new
-# seeds 3-5, with Base-T and 4 fresh students a teacher (about 1 h 40 min on 2 cores)
+# seeds 3-5, with Base-T and 4 fresh students a teacher (1 h 29 min on 2 cores): it did not hold,
+# +0.25 points per 10 steps [-1.75, +2.25] (docs/runs/solution_s3)
 TEACHER_LEARNS_SOLUTION = --tau 1e9 --g 6 --n 8 --student-batch 8 --r 1 --inner-steps 12 \
 	--kl-coef 0 --teacher-tokens question --teacher-lr 1e-3 --teacher-kl-coef 0.05 \
 	--teacher-advantage rloo --copy-streams common --reward-measure solution --quality-samples 256 \
