@@ -249,12 +249,15 @@ def test_teacher_check_splits_each_step_s_valid_pairs_into_datasets_as_training_
 
 
 def test_the_replay_oracle_pools_a_run_s_rewards_by_the_datasets_stepping_stones(tmp_path):
-    from tiny.probes import replayed_rewards, write_dataset_rewards
+    from tiny.probes import replayed_rewards, without_stones, write_dataset_rewards
     (tmp_path / "config.json").write_text(json.dumps({"model": "tiny", "g": 2, "n": 2}))
     for seed in (0, 1):
         write_logged_job(tmp_path / f"seed{seed}" / "soar")
-    assert replayed_rewards(write_dataset_rewards(tmp_path)) == {
-        2: [0.2, 0.2], 0: [-0.2, 0.0, -0.2, 0.0], 1: [0.1, 0.1]}
+    earned = replayed_rewards(write_dataset_rewards(tmp_path))
+    assert earned == {2: [0.2, 0.2], 0: [-0.2, 0.0, -0.2, 0.0], 1: [0.1, 0.1]}
+    # --shuffle: the same rewards, drawn whatever a dataset's stepping stones
+    assert {count: sorted(rewards) for count, rewards in without_stones(earned).items()} == {
+        0: [-0.2, -0.2, 0.0, 0.0, 0.1, 0.1, 0.2, 0.2]}
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"stones": 1, "reward": 0.1}\n{"stones": 2}\n')
     with pytest.raises(SystemExit, match="broken.jsonl, line 2"):

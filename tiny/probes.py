@@ -260,6 +260,11 @@ def replayed_rewards(path: Path) -> dict[int, list[float]]:
     return earned
 
 
+def without_stones(earned: dict[int, list[float]]) -> dict[int, list[float]]:
+    """`replayed_rewards` with the stepping stones forgotten: every dataset draws from all of them."""
+    return {0: [reward for rewards in earned.values() for reward in rewards]}
+
+
 def dataset_stones_and_rewards(job: Path, g: int, n: int) -> list[tuple[float, float]]:
     """(share of stepping stones, teacher reward) of every dataset of one SOAR job."""
     datasets_of = logged_datasets(job, g, n)
@@ -482,7 +487,9 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
     reward's (`teacher_check` measures it); `--replay FILE` instead draws each dataset's reward
     from the rewards a finished run's datasets with as many stepping stones earned (its noise as
     it came: sparse, with rare large outliers; FILE is the run's dataset_rewards.jsonl, written
-    by `python -m tiny.probes rewards RUN`); `--seed S` draws another trajectory. The other
+    by `python -m tiny.probes rewards RUN`); `--shuffle FILE` draws them from all of FILE's
+    rewards whatever the dataset's stepping stones: rewards of the same size with no signal, so
+    the drift the update alone gives; `--seed S` draws another trajectory. The other
     flags are train.py's (--teacher-lr, --g, --n, --teacher-kl-coef, ...). It ends with the
     trend a run reports, the least-squares slope of the share per 10 steps: from
     --quality-samples more questions a step when given, as train.py measures it."""
@@ -490,17 +497,20 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
                              "a reward noise SD in share units (a number >= 0)")
     replay, flags = take_flag(flags, "--replay", Path, None, Path.is_file,
                               "a dataset_rewards.jsonl file (python -m tiny.probes rewards RUN)")
+    shuffle, flags = take_flag(flags, "--shuffle", Path, None, Path.is_file,
+                               "a dataset_rewards.jsonl file (python -m tiny.probes rewards RUN)")
     seed, flags = take_flag(flags, "--seed", int, 0, lambda x: x >= 0, "a seed (an integer >= 0)")
     cfg, _, _ = config.parse_config(flags + ["--outer-steps", str(steps)])
     torch.set_num_threads(cfg.threads)
     model, tokenizer = probe_model(cfg, seed)
     optimizer, scheduler = make_optimizer(model, "teacher", cfg.teacher_lr, steps, cfg.teacher_warmup)
     generator, noise_rng = torch.Generator().manual_seed(seed), random.Random(seed)
-    if replay and noise:
-        raise SystemExit("oracle: --noise and --replay each set the reward's noise; give one")
-    earned = replayed_rewards(replay) if replay else None
+    if sum(map(bool, (noise, replay, shuffle))) > 1:
+        raise SystemExit("oracle: --noise, --replay and --shuffle each set the reward's noise; give one")
+    earned = (replayed_rewards(replay) if replay else
+              without_stones(replayed_rewards(shuffle)) if shuffle else None)
     print(f"oracle reward, {steps} steps, teacher lr {cfg.teacher_lr}, g {cfg.g} x n {cfg.n}, "
-          f"KL {cfg.teacher_kl_coef}, noise SD {noise}, replay {replay}, seed {seed}")
+          f"KL {cfg.teacher_kl_coef}, noise SD {noise}, replay {replay}, shuffle {shuffle}, seed {seed}")
     shares, graded = [], []  # graded: each step's stepping-stone share of --quality-samples more
     for step in range(steps + 1):
         if step % 10 == 0:
