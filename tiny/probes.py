@@ -3,7 +3,7 @@ imports this file.
 
     python -m tiny.probes
     python -m tiny.probes runs/RUN      # what a finished run's SOAR teachers learned
-    python -m tiny.probes oracle STEPS [--noise SD | --replay FILE] [--seed S] [train.py flags]   # can the teacher learn from a perfect reward?
+    python -m tiny.probes oracle STEPS [--noise SD | --replay FILE | --shuffle FILE] [--seed S] [train.py flags]   # can the teacher learn from a perfect reward?
     python -m tiny.probes rewards runs/RUN   # its datasets' stepping stones and rewards, for --replay
     python -m tiny.probes repeat runs/RUN [DATASETS COPIES]   # how much of the reward is chance?
     python -m tiny.probes chance COPIES [train.py flags]   # ... by random streams and measure
