@@ -274,6 +274,17 @@ def test_oracle_flags_are_taken_out_of_the_train_flags_and_checked():
             noise(bad)
 
 
+@pytest.mark.parametrize("flags", [["--noise", "0.1", "--replay", "FILE"], ["--replay", "FILE", "--shuffle", "FILE"],
+                                   ["--shuffle", "FILE", "--noise", "0.1"]])
+def test_the_oracle_refuses_two_reward_noises_before_it_loads_a_model(tmp_path, flags, monkeypatch):
+    from tiny import probes
+    rewards = tmp_path / "dataset_rewards.jsonl"
+    rewards.write_text('{"stones": 1, "reward": 0.1}\n')
+    monkeypatch.setattr(probes, "probe_model", lambda *a: pytest.fail("loaded a model"))
+    with pytest.raises(SystemExit, match="give one"):
+        probes.oracle_teacher(1, [str(rewards) if flag == "FILE" else flag for flag in flags])
+
+
 @pytest.mark.parametrize("probe", ["repeat", "measures"])
 def test_probes_refuse_a_run_whose_baseline_student_was_promoted(tmp_path, probe):
     from tiny.probes import measure_tracking, reward_repeatability

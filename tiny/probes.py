@@ -495,20 +495,19 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
     --quality-samples more questions a step when given, as train.py measures it."""
     noise, flags = take_flag(flags, "--noise", float, 0.0, lambda x: x >= 0,
                              "a reward noise SD in share units (a number >= 0)")
-    replay, flags = take_flag(flags, "--replay", Path, None, Path.is_file,
-                              "a dataset_rewards.jsonl file (python -m tiny.probes rewards RUN)")
-    shuffle, flags = take_flag(flags, "--shuffle", Path, None, Path.is_file,
-                               "a dataset_rewards.jsonl file (python -m tiny.probes rewards RUN)")
+    rewards_file = "a dataset_rewards.jsonl file (python -m tiny.probes rewards RUN)"
+    replay, flags = take_flag(flags, "--replay", Path, None, Path.is_file, rewards_file)
+    shuffle, flags = take_flag(flags, "--shuffle", Path, None, Path.is_file, rewards_file)
     seed, flags = take_flag(flags, "--seed", int, 0, lambda x: x >= 0, "a seed (an integer >= 0)")
+    if sum(map(bool, (noise, replay, shuffle))) > 1:
+        raise SystemExit("oracle: --noise, --replay and --shuffle each set the reward's noise; give one")
+    earned = (replayed_rewards(replay) if replay else
+              without_stones(replayed_rewards(shuffle)) if shuffle else None)
     cfg, _, _ = config.parse_config(flags + ["--outer-steps", str(steps)])
     torch.set_num_threads(cfg.threads)
     model, tokenizer = probe_model(cfg, seed)
     optimizer, scheduler = make_optimizer(model, "teacher", cfg.teacher_lr, steps, cfg.teacher_warmup)
     generator, noise_rng = torch.Generator().manual_seed(seed), random.Random(seed)
-    if sum(map(bool, (noise, replay, shuffle))) > 1:
-        raise SystemExit("oracle: --noise, --replay and --shuffle each set the reward's noise; give one")
-    earned = (replayed_rewards(replay) if replay else
-              without_stones(replayed_rewards(shuffle)) if shuffle else None)
     print(f"oracle reward, {steps} steps, teacher lr {cfg.teacher_lr}, g {cfg.g} x n {cfg.n}, "
           f"KL {cfg.teacher_kl_coef}, noise SD {noise}, replay {replay}, shuffle {shuffle}, seed {seed}")
     shares, graded = [], []  # graded: each step's stepping-stone share of --quality-samples more
