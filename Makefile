@@ -46,6 +46,15 @@ TEACHER_LEARNS_SOLUTION = --tau 1e9 --g 6 --n 8 --student-batch 8 --r 1 --inner-
 teacher-learns-solution: $(VENV)/.installed
 	$(BIN)/python train.py $(TEACHER_LEARNS_SOLUTION) --seed 3 --out runs/teacher_learns_solution_s3
 
+# The control for the test above: the same teacher at the same seeds with each step's rewards
+# shuffled across its datasets before its update (--teacher-rewards shuffled), so that it has
+# the rewards' size and shape and none of their signal; common streams make its step 0 the test's.
+# Its soar jobs pair with the test's, seed by seed, and its Grounded-T students with the test's
+# (a later --methods replaces the earlier one; docs/teacher_signal.md M)
+teacher-learns-control: $(VENV)/.installed
+	$(BIN)/python train.py $(TEACHER_LEARNS_SOLUTION) --methods grounded_t --teacher-rewards shuffled \
+		--seed 3 --out runs/teacher_learns_shuffled_s3
+
 # -rs: every skipped test says why (e.g. ../shared/data/real is absent)
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -rs tests

@@ -125,6 +125,14 @@ class Config:
                                      "large reward does not shrink the steps after it, or rank, "
                                      "scaled on the rewards' ranks, so that it does not drown the "
                                      "others of its own step")
+    teacher_temperature: float = setting(1.0, "the teacher's sampling temperature (paper 1.0); "
+                                         "its update scores the samples by the model's own "
+                                         "log-probabilities, as the student's does")
+    teacher_rewards: str = setting("measured", "what the teacher's update is given: each "
+                                   "dataset's measured reward (the method), or shuffled: the "
+                                   "step's rewards permuted across its datasets, the same rewards "
+                                   "without their signal, the control for whether the reward "
+                                   "teaches (the logs keep the measured rewards)")
     teacher_max_tokens: int = setting(384, "teacher max new tokens (paper 512)")
     quality_samples: int = setting(0, "tiny world: this many more teacher questions each step, "
                                    "graded exactly and never trained on, to measure what the "
@@ -137,7 +145,7 @@ class Config:
     group_size: int = setting(8, "answers per question, G (paper 32)")
     student_lr: float = setting(1e-4, "student LoRA learning rate (paper 1e-5, full fine-tuning)")
     student_max_tokens: int = setting(512, "student max new tokens (paper 1024)")
-    temperature: float = setting(1.0, "sampling temperature of both roles (paper 1.0)")
+    temperature: float = setting(1.0, "the student's sampling temperature (paper 1.0)")
     kl_coef: float = setting(0.001, "the student's KL penalty to the base model (paper 0.001)")
     teacher_kl_coef: float = setting(0.001, "the teacher's KL penalty to the base model (paper 0.001)")
     reward_measure: str = setting("greedy", "the student's standing on Q_R that rewards the teacher: "
@@ -246,6 +254,8 @@ def config_problem(cfg: Config) -> str | None:
         return f"--copy-streams: {cfg.copy_streams!r} is not one of independent, common"
     if cfg.teacher_tokens not in ("all", "question"):
         return f"--teacher-tokens: {cfg.teacher_tokens!r} is not one of all, question"
+    if cfg.teacher_rewards not in ("measured", "shuffled"):
+        return f"--teacher-rewards: {cfg.teacher_rewards!r} is not one of measured, shuffled"
     if cfg.teacher_advantage not in ("rloo", "scaled", "rank"):
         return f"--teacher-advantage: {cfg.teacher_advantage!r} is not one of rloo, scaled, rank"
     if cfg.reward not in ("binary", "shaped"):
@@ -265,7 +275,7 @@ def config_problem(cfg: Config) -> str | None:
     if cfg.quality_samples and cfg.model != "tiny":
         return "--quality-samples grades questions exactly, which only the tiny world can (--model tiny)"
     for name in ("fresh_steps", "pq_steps", "promotion_extra_steps", "teacher_warmup", "temperature",
-                 "kl_coef", "teacher_kl_coef", "teacher_lr", "student_lr"):
+                 "teacher_temperature", "kl_coef", "teacher_kl_coef", "teacher_lr", "student_lr"):
         if getattr(cfg, name) < 0:
             return f"--{name.replace('_', '-')} must not be negative"
     if cfg.check_timeout <= 0:

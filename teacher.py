@@ -78,7 +78,7 @@ def sample_pairs(model, tokenizer, count: int, cfg, generator, times) -> tuple[l
             break
         with timed(times, "teacher_sample"):
             rollouts, texts = generate(model, tokenizer, prompt_ids, n=need,
-                                       temperature=cfg.temperature,
+                                       temperature=cfg.teacher_temperature,
                                        max_new_tokens=cfg.teacher_max_tokens,
                                        batch_size=cfg.sample_batch, generator=generator)
         parsed = [parse_teacher_output(t) for t in texts]

@@ -174,11 +174,15 @@ def outer_step(w: World, method: str, seed: int, step: int, state: dict, optimiz
             promoted = True
 
         # 5. the teacher's RLOO update across the g datasets
+        update_rewards = dataset_rewards
+        if cfg.teacher_rewards == "shuffled":
+            order = torch.randperm(len(datasets), generator=generators(*unit, "shuffle")[0])
+            update_rewards = [dataset_rewards[i] for i in order.tolist()]
         with timed(times, "train"):
             update = teacher_update(model, tokenizer, optimizer, scheduler, datasets,
-                                    dataset_rewards, cfg) if procs.main else {}
+                                    update_rewards, cfg) if procs.main else {}
     else:
-        dataset_rewards, moving_avg, student_updates = [], None, {}
+        dataset_rewards, update_rewards, moving_avg, student_updates = [], [], None, {}
         update = {"loss": None, "update": "no valid pairs"}
         scheduler.step()
 
@@ -204,6 +208,8 @@ def outer_step(w: World, method: str, seed: int, step: int, state: dict, optimiz
            "times": {k: round(v, 3) for k, v in times.items()}}
     if pairs:
         row |= {"sample_question": pairs[0]["problem"], "sample_answer": pairs[0]["answer"]}
+    if cfg.teacher_rewards == "shuffled":
+        row["update_rewards"] = update_rewards
     if measures is not None:  # the copies' rewards by every measure, the chosen one or not
         row["copy_rewards"] = measures
     if cfg.model == "tiny" and pairs:  # the tiny world grades any question exactly

@@ -362,6 +362,8 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(lm_d
     (["--model", "smol", "--quality-samples", "8"], "only the tiny world can"),
     (["--reward-measure", "loss"], "--reward-measure: 'loss' is not one of"),
     (["--teacher-advantage", "median"], "--teacher-advantage: 'median' is not one of"),
+    (["--teacher-temperature", "-0.5"], "--teacher-temperature must not be negative"),
+    (["--teacher-rewards", "random"], "--teacher-rewards: 'random' is not one of measured, shuffled"),
 ])
 def test_bad_settings_fail_with_a_message_naming_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -190,13 +190,13 @@ def scripted_run(shared, monkeypatch, tmp_path):
     return run_scripted("soar", shared, monkeypatch, tmp_path)
 
 
-def run_scripted(method, shared, monkeypatch, tmp_path):
+def run_scripted(method, shared, monkeypatch, tmp_path, **settings):
     """run_teacher on STEP_REWARDS with the teacher's sampling and the students' training
     scripted; returns (final state, what each stage was given, the metrics rows, copy_state)."""
     model, tokenizer = shared
     cfg = Config(model="scripted", outer_steps=4, g=3, n=2, r=3, ma_window=2, tau=0.125,
                  inner_steps=7, promotion_extra_steps=5, teacher_lr=0.01, teacher_warmup=2,
-                 q_r=2, sample_every=0)
+                 q_r=2, sample_every=0, **settings)
     procs = FirstOfTwoProcesses()
     w = World(cfg, model, tokenizer, [{"problem": f"h{i}", "answer": "1"} for i in range(4)], [],
               procs)
@@ -309,6 +309,20 @@ def test_the_teacher_is_rewarded_with_each_dataset_s_mean_over_copies(scripted_r
     for step, mean in enumerate(means):
         assert seen["teacher_rewards"][step] == pytest.approx(mean)
         assert rows[step]["dataset_rewards"] == pytest.approx(mean)
+
+
+def test_the_shuffled_control_gives_the_update_the_step_s_own_rewards_in_another_order(
+        shared, monkeypatch, tmp_path):
+    state, seen, rows, _ = run_scripted("soar", shared, monkeypatch, tmp_path, teacher_rewards="shuffled")
+    means = [[statistics.mean(copies) for copies in step] for step in STEP_REWARDS]
+    for step, mean in enumerate(means):
+        assert sorted(seen["teacher_rewards"][step]) == pytest.approx(sorted(mean))
+        assert rows[step]["update_rewards"] == seen["teacher_rewards"][step]
+        assert rows[step]["dataset_rewards"] == pytest.approx(mean)  # the log keeps what was measured
+    assert seen["teacher_rewards"][1] != pytest.approx(means[1])  # step 1's three rewards differ
+    # promotion still follows the measured rewards: dataset 1's copy 2, as in the method
+    assert [r["promoted"] for r in rows] == [False, True, False, False]
+    assert rows[1]["promoted_dataset"] == 1
 
 
 def test_each_step_logs_every_measure_of_its_copies_and_of_the_baseline(scripted_run):

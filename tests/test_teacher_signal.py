@@ -119,3 +119,27 @@ def test_the_tiny_hard_set_carries_each_problem_s_worked_solution(tmp_path, monk
     hard_train, hard_test = tiny_model.tiny_hard_set(progress=False)
     assert [row["solution"] for row in hard_train] == [solution(row["problem"]) for row in rows]
     assert [row["problem"] for row in hard_test] == [row["problem"] for row in rows]
+
+
+
+def test_the_teacher_samples_at_its_own_temperature_and_the_student_at_its_own(monkeypatch):
+    import student
+    import teacher
+    from config import Config
+    drawn = {}
+
+    def recorder(role):
+        def generate(*args, temperature, **kwargs):
+            drawn[role] = temperature
+            raise StopIteration  # the temperature asked for is all this test needs
+        return generate
+    for module in (teacher, student):
+        monkeypatch.setattr(module, "generate", recorder(module.__name__))
+        monkeypatch.setattr(module, "activate", lambda *a: None)
+        monkeypatch.setattr(module, "encode_prompt", lambda *a: [1])
+    cfg = Config(temperature=0.9, teacher_temperature=0.6)
+    with pytest.raises(StopIteration):
+        teacher.sample_pairs(None, None, 4, cfg, None, {})
+    with pytest.raises(StopIteration):
+        student.rloo_step(None, None, None, None, [{"problem": "Compute 1+2.", "answer": "3"}], cfg, None, {})
+    assert drawn == {"teacher": 0.6, "student": 0.9}

@@ -248,6 +248,19 @@ def test_teacher_check_splits_each_step_s_valid_pairs_into_datasets_as_training_
     assert dataset_stones_and_rewards(tmp_path, g=2, n=2) == [(1.0, 0.2), (0.0, -0.2), (0.5, 0.1), (0.0, 0.0)]
 
 
+def test_a_stepping_stone_share_is_the_product_of_its_three_choices():
+    from tiny.probes import stone_factors
+    pairs = [{"problem": "Quickly, compute 12+30.", "answer": "42"},       # a stepping stone
+             {"problem": "Quickly, compute 12+30.", "answer": "43"},       # its answer wrong
+             {"problem": "Quickly, compute 12345+1.", "answer": "12346"},  # too long
+             {"problem": "Compute 12+30.", "answer": "42"}]                # not "quickly"
+    factors = stone_factors(pairs)
+    assert factors == {"quick": 3 / 4, "stone length, of quick": 2 / 3, "right, of those": 1 / 2,
+                       "stepping stones": 1 / 4}
+    assert factors["stepping stones"] == pytest.approx(
+        factors["quick"] * factors["stone length, of quick"] * factors["right, of those"])
+
+
 def test_the_replay_oracle_pools_a_run_s_rewards_by_the_datasets_stepping_stones(tmp_path):
     from tiny.probes import replayed_rewards, without_stones, write_dataset_rewards
     (tmp_path / "config.json").write_text(json.dumps({"model": "tiny", "g": 2, "n": 2}))

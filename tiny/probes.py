@@ -8,6 +8,7 @@ imports this file.
     python -m tiny.probes repeat runs/RUN [DATASETS COPIES]   # how much of the reward is chance?
     python -m tiny.probes chance COPIES [train.py flags]   # ... by random streams and measure
     python -m tiny.probes measures runs/RUN SEED STEPS [--inner-steps N]   # which measure tracks a run's stones?
+    python -m tiny.probes factors runs/RUN [runs/RUN ...]   # which choice moved the teachers' stones?
 
 The first prints the base model's accuracy by phrasing and length, the hard set, whether short
 "quickly" sums are stepping stones to it (accuracy after a short supervised fine-tune on them,
@@ -21,7 +22,9 @@ the fifth retrains student copies on a run's datasets to split its reward into w
 dataset decides and what is chance (`reward_repeatability`); the sixth does it by random streams
 and measure on datasets of known stepping stones (`stream_chance`); the seventh retrains the
 copies of a run's own datasets as the run did and asks which measure of their standing on Q_R
-follows the datasets' stepping stones (`measure_tracking`).
+follows the datasets' stepping stones (`measure_tracking`); the eighth splits the trend of each
+teacher's stepping stones into its three choices over the seeds of one or more runs
+(`factor_trends`).
 """
 import copy
 import json
@@ -39,6 +42,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import config
 import student
 from parallel import generators
+from report import mean_ci
 from models import activate, adapter_state, encode_prompt, load_adapter_state, load_model, make_optimizer
 from rewards import extract_boxed
 from sampler import decode, sample
@@ -273,6 +277,48 @@ def dataset_stones_and_rewards(job: Path, g: int, n: int) -> list[tuple[float, f
         for data, reward in zip(datasets_of.get(metrics["step"], []), metrics["dataset_rewards"]):
             rows.append((stone_share(data), reward))
     return rows
+
+
+STONE_FACTORS = ("quick", "stone length, of quick", "right, of those", "stepping stones")
+
+
+def stone_factors(pairs: list[dict]) -> dict[str, float]:
+    """A stepping-stone share as the product of its three choices: asking "quickly", a sum of 2-4
+    digits when so asked, and the teacher's right answer to such a sum."""
+    checks = [world.classify(p["problem"], p["answer"]) for p in pairs]
+    quick = [c for c in checks if c["quick"]]
+    stone_length = [c for c in quick if c["digits"] in world.STEPPING_STONE_DIGITS]
+    share = lambda part, whole: len(part) / len(whole) if whole else math.nan
+    return dict(zip(STONE_FACTORS, (share(quick, checks), share(stone_length, quick),
+                                    share([c for c in stone_length if c["correct"]], stone_length),
+                                    share([c for c in checks if c["stepping_stone"]], checks))))
+
+
+def factor_trends(run_dirs: list[Path]) -> None:
+    """Which of its choices moved each teacher's stepping-stone share: per teacher (SOAR's, the
+    intrinsic one), each factor's share in steps 0-9 and its least-squares slope per 10 steps,
+    per seed and as a mean with a 95% t interval over every seed of the runs given."""
+    for method in config.TEACHERS:
+        jobs = [job for run in run_dirs for job in sorted(run.glob(f"seed*/{method}"))
+                if (job / "questions.jsonl").exists()]
+        if not jobs:
+            continue
+        print(f"{method} teacher, {len(jobs)} seeds ({', '.join(str(j.parent) for j in jobs)}):")
+        for name in STONE_FACTORS:
+            firsts, slopes = [], []
+            for job in jobs:
+                steps = {}
+                for q in complete_rows(job / "questions.jsonl"):
+                    if q["valid"]:
+                        steps.setdefault(q["step"], []).append(q)
+                points = [(step, stone_factors(pairs)[name]) for step, pairs in sorted(steps.items())]
+                points = [(step, 100 * v) for step, v in points if not math.isnan(v)]
+                firsts.append(statistics.mean(v for step, v in points if step < 10))
+                slopes.append(10 * statistics.linear_regression(*zip(*points)).slope)
+            trend = mean_ci(slopes)
+            print(f"  {name:>22}: steps 0-9 {statistics.mean(firsts):5.1f}%; points per 10 steps "
+                  f"{trend['mean']:+.2f} [{trend['ci95'][0]:+.2f}, {trend['ci95'][1]:+.2f}] "
+                  f"({', '.join(f'{s:+.2f}' for s in slopes)})")
 
 
 def teacher_check(run_dir: Path) -> None:
@@ -562,6 +608,8 @@ if __name__ == "__main__":
         if rest:
             raise SystemExit(f"measures: unknown arguments {rest}")
         measure_tracking(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), inner)
+    elif len(sys.argv) > 2 and sys.argv[1] == "factors":
+        factor_trends([Path(arg) for arg in sys.argv[2:]])
     elif len(sys.argv) == 3 and sys.argv[1] == "rewards":
         print(write_dataset_rewards(Path(sys.argv[2])))
     elif len(sys.argv) > 1:
