@@ -261,6 +261,12 @@ def test_a_stepping_stone_share_is_the_product_of_its_three_choices():
         factors["quick"] * factors["stone length, of quick"] * factors["right, of those"])
 
 
+def test_the_factors_probe_names_the_directories_that_hold_no_teacher(tmp_path):
+    from tiny.probes import factor_trends
+    with pytest.raises(SystemExit, match=f"no teacher's questions.jsonl in {tmp_path}"):
+        factor_trends([tmp_path])
+
+
 def test_the_replay_oracle_pools_a_run_s_rewards_by_the_datasets_stepping_stones(tmp_path):
     from tiny.probes import replayed_rewards, without_stones, write_dataset_rewards
     (tmp_path / "config.json").write_text(json.dumps({"model": "tiny", "g": 2, "n": 2}))

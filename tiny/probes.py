@@ -298,6 +298,10 @@ def factor_trends(run_dirs: list[Path]) -> None:
     """Which of its choices moved each teacher's stepping-stone share: per teacher (SOAR's, the
     intrinsic one), each factor's share in steps 0-9 and its least-squares slope per 10 steps,
     per seed and as a mean with a 95% t interval over every seed of the runs given."""
+    if not any(any(run.glob(f"seed*/{method}/questions.jsonl"))
+               for run in run_dirs for method in config.TEACHERS):
+        raise SystemExit(f"factors: no teacher's questions.jsonl in {', '.join(map(str, run_dirs))} "
+                         "(give run directories with seed*/soar or seed*/intrinsic jobs)")
     for method in config.TEACHERS:
         jobs = [job for run in run_dirs for job in sorted(run.glob(f"seed*/{method}"))
                 if (job / "questions.jsonl").exists()]
