@@ -121,7 +121,6 @@ def test_the_tiny_hard_set_carries_each_problem_s_worked_solution(tmp_path, monk
     assert [row["problem"] for row in hard_test] == [row["problem"] for row in rows]
 
 
-
 def test_the_teacher_samples_at_its_own_temperature_and_the_student_at_its_own(monkeypatch):
     import student
     import teacher

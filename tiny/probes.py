@@ -212,16 +212,21 @@ def stone_share(data: list[dict]) -> float:
     return stones(data) / len(data)
 
 
-def logged_datasets(job: Path, g: int, n: int) -> dict[int, list[list[dict]]]:
-    """Each logged step's datasets of one SOAR job, rebuilt from its logged samples as the loop
-    built them: the first g*n valid ones, `split_datasets`. A step with fewer valid pairs than g
-    had no datasets (the loop logged no rewards for it): it is left out. Reads logs a running job
-    may still be appending to."""
+def valid_pairs_by_step(job: Path) -> dict[int, list[dict]]:
+    """A teacher job's logged valid pairs, by outer step, in the order they were drawn. Reads logs
+    a running job may still be appending to."""
     valid = {}
     for q in complete_rows(job / "questions.jsonl"):
         if q["valid"]:
             valid.setdefault(q["step"], []).append(q)
-    return {step: datasets for step, pairs in valid.items()
+    return valid
+
+
+def logged_datasets(job: Path, g: int, n: int) -> dict[int, list[list[dict]]]:
+    """Each logged step's datasets of one SOAR job, rebuilt from its logged samples as the loop
+    built them: the first g*n valid ones, `split_datasets`. A step with fewer valid pairs than g
+    had no datasets (the loop logged no rewards for it): it is left out."""
+    return {step: datasets for step, pairs in valid_pairs_by_step(job).items()
             if (datasets := split_datasets(pairs[:g * n], g)) is not None}
 
 
@@ -308,15 +313,12 @@ def factor_trends(run_dirs: list[Path]) -> None:
         if not jobs:
             continue
         print(f"{method} teacher, {len(jobs)} seeds ({', '.join(str(j.parent) for j in jobs)}):")
+        factors_by_step = [[(step, stone_factors(pairs)) for step, pairs in
+                            sorted(valid_pairs_by_step(job).items())] for job in jobs]
         for name in STONE_FACTORS:
             firsts, slopes = [], []
-            for job in jobs:
-                steps = {}
-                for q in complete_rows(job / "questions.jsonl"):
-                    if q["valid"]:
-                        steps.setdefault(q["step"], []).append(q)
-                points = [(step, stone_factors(pairs)[name]) for step, pairs in sorted(steps.items())]
-                points = [(step, 100 * v) for step, v in points if not math.isnan(v)]
+            for factors in factors_by_step:
+                points = [(step, 100 * f[name]) for step, f in factors if not math.isnan(f[name])]
                 firsts.append(statistics.mean(v for step, v in points if step < 10))
                 slopes.append(10 * statistics.linear_regression(*zip(*points)).slope)
             trend = mean_ci(slopes)
