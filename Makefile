@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: tiny teacher-learns teacher-learns-more teacher-learns-solution test test-fast mutants
+.PHONY: tiny teacher-learns teacher-learns-more teacher-learns-solution teacher-learns-control teacher-learns-cold test test-fast mutants
 
 tiny: $(VENV)/.installed
 	$(BIN)/python train.py
@@ -55,6 +55,12 @@ teacher-learns-solution: $(VENV)/.installed
 teacher-learns-control: $(VENV)/.installed
 	$(BIN)/python train.py $(TEACHER_LEARNS_SOLUTION) --methods grounded_t --teacher-rewards shuffled \
 		--seed 3 --out runs/teacher_learns_shuffled_s3
+
+# The colder teacher (docs/teacher_signal.md N): the test above with the teacher sampling at 0.6,
+# at new seeds 6-8, criterion fixed before it ran. About 1 h 30 min on 2 cores (docs/runs/cold_s6)
+teacher-learns-cold: $(VENV)/.installed
+	$(BIN)/python train.py $(TEACHER_LEARNS_SOLUTION) --teacher-temperature 0.6 --seed 6 \
+		--out runs/teacher_learns_cold_s6
 
 # -rs: every skipped test says why (e.g. ../shared/data/real is absent)
 test: $(VENV)/.installed
