@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: tiny teacher-learns teacher-learns-more teacher-learns-solution teacher-learns-control teacher-learns-cold test test-fast mutants
+.PHONY: tiny teacher-learns teacher-learns-more teacher-learns-solution teacher-learns-control teacher-learns-cold teacher-learns-cold-control test test-fast mutants
 
 tiny: $(VENV)/.installed
 	$(BIN)/python train.py
@@ -61,6 +61,12 @@ teacher-learns-control: $(VENV)/.installed
 teacher-learns-cold: $(VENV)/.installed
 	$(BIN)/python train.py $(TEACHER_LEARNS_SOLUTION) --teacher-temperature 0.6 --seed 6 \
 		--out runs/teacher_learns_cold_s6
+
+# Its control: the colder teacher at the same seeds, its rewards shuffled (docs/teacher_signal.md N,
+# docs/runs/cold_shuffled_s6); its soar jobs and Grounded-T students pair with the test's, seed by seed
+teacher-learns-cold-control: $(VENV)/.installed
+	$(BIN)/python train.py $(TEACHER_LEARNS_SOLUTION) --teacher-temperature 0.6 --methods grounded_t \
+		--teacher-rewards shuffled --seed 6 --out runs/teacher_learns_cold_shuffled_s6
 
 # -rs: every skipped test says why (e.g. ../shared/data/real is absent)
 test: $(VENV)/.installed
