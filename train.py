@@ -405,8 +405,11 @@ def main(argv: list[str]) -> None:
     if not procs.main:
         return
     summary = summarize(run_dir)
+    # the hard set's size tells apart builds of the tiny model made on different CPUs, whose
+    # rows differ: a reader re-running the first steps checks it before comparing them
     summary["run"] = {"argv": argv, "processes": procs.count, "cpus": os.cpu_count(),
-                      "wall_seconds": round(time.time() - started, 1), "resumed": resuming}
+                      "wall_seconds": round(time.time() - started, 1), "resumed": resuming,
+                      "hard_problems": {"train": len(hard_train), "test": len(hard_test)}}
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     print_summary(summary)
     write_report(run_dir)

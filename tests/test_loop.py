@@ -488,6 +488,8 @@ def test_each_fresh_student_has_its_own_questions_and_the_table_averages_them(lm
     run = summary["run"]
     assert run["argv"] == argv and run["processes"] == 1 and run["cpus"] == os.cpu_count()
     assert 0 < run["wall_seconds"] < 600 and run["resumed"] is False
+    assert run["hard_problems"] == {"train": len(read_jsonl(problem_files[0])),
+                                    "test": len(read_jsonl(problem_files[1]))}
 
 
 def comparable_run(out) -> dict:
