@@ -7,6 +7,7 @@ dicts (`adapter_state` / `load_adapter_state`, or for a while: `with adapter_wei
 "student", state):`): that is how the baseline student is kept, how a student copy starts from
 it, and how a promotion makes a copy the new baseline.
 """
+import logging
 import math
 import os
 import time
@@ -14,14 +15,19 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-from huggingface_hub import model_info, snapshot_download
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+# bitsandbytes >= 0.50, imported by peft, warns on CPUs with AVX512-BF16 that it cannot fetch an
+# optional 4-bit kernel from the Hub and falls back to its own: noise before every command's
+# output (and before its error messages), offline or without the `kernels` package
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-import smol
-from config import HUB_PRESETS
-from sampler import OOM, completion_logprobs, decode, halve_after_oom, sample
+import torch  # noqa: E402
+from huggingface_hub import model_info, snapshot_download  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig  # noqa: E402
+
+import smol  # noqa: E402
+from config import HUB_PRESETS  # noqa: E402
+from sampler import OOM, completion_logprobs, decode, halve_after_oom, sample  # noqa: E402
 
 ROLES = ("teacher", "student")
 
