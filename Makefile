@@ -1,6 +1,6 @@
 # Two commands on a fresh machine, each setting up what it needs in .venv first:
 #   make tiny    the built-in tiny world: SOAR against its baselines on a CPU (about 30 minutes)
-#   make teacher-learns-cold   the grounded teacher learns to write stepping stones (45 min on 2 cores)
+#   make teacher-learns-cold   the latest test: does the colder teacher learn? (45 min on 2 cores)
 #   make teacher-learns   the first test of it, at teacher temperature 1 (under 2 hours on 2 cores)
 #   make teacher-learns-more   3 more seeds of it (3-5), then its summary over all 6 seeds
 #   make test    the test suite (about 17 minutes on 2 CPU cores); CI runs this
@@ -59,7 +59,8 @@ teacher-learns-control: $(VENV)/.installed
 
 # The colder teacher (docs/teacher_signal.md N): the test above with the teacher sampling at 0.6,
 # at new seeds 6-8, criterion fixed before it ran. 45 min on 2 cores: +4.84 points per 10 steps
-# [+0.46, +9.21], the criterion met; the intrinsic teacher +3.66 [+2.81, +4.51] (docs/runs/cold_s6)
+# [+0.46, +9.21], the criterion met; the intrinsic teacher +3.66 [+2.81, +4.51] (docs/runs/cold_s6).
+# Seeds 9-10 took it back: +1.96 [-5.19, +9.12] over five (docs/runs/cold_s9)
 teacher-learns-cold: $(VENV)/.installed
 	$(BIN)/python train.py $(TEACHER_LEARNS_SOLUTION) --teacher-temperature 0.6 --seed 6 \
 		--out runs/teacher_learns_cold_s6
