@@ -13,7 +13,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: tiny teacher-learns teacher-learns-more teacher-learns-solution teacher-learns-control teacher-learns-cold teacher-learns-cold-control test test-fast mutants
+.PHONY: tiny teacher-learns teacher-learns-more teacher-learns-solution teacher-learns-control teacher-learns-cold teacher-learns-cold-control teacher-learns-kl teacher-learns-kl-control test test-fast mutants
 
 tiny: $(VENV)/.installed
 	$(BIN)/python train.py
@@ -71,6 +71,19 @@ teacher-learns-cold: $(VENV)/.installed
 teacher-learns-cold-control: $(VENV)/.installed
 	$(BIN)/python train.py $(TEACHER_LEARNS_SOLUTION) --teacher-temperature 0.6 --methods grounded_t \
 		--teacher-rewards shuffled --seed 6 --out runs/teacher_learns_cold_shuffled_s6
+
+# The colder teacher held by a stronger KL (docs/teacher_signal.md O): the test above with
+# --teacher-kl-coef 0.3, which kept the replayed teacher's arithmetic from collapsing, at new
+# seeds 11-15, its criterion fixed before it ran
+TEACHER_LEARNS_KL = $(TEACHER_LEARNS_SOLUTION) --teacher-temperature 0.6 --teacher-kl-coef 0.3 --seeds 5
+teacher-learns-kl: $(VENV)/.installed
+	$(BIN)/python train.py $(TEACHER_LEARNS_KL) --seed 11 --out runs/teacher_learns_kl_s11
+
+# Its control: the same teacher at the same seeds, its rewards shuffled; its soar jobs and
+# Grounded-T students pair with the test's, seed by seed
+teacher-learns-kl-control: $(VENV)/.installed
+	$(BIN)/python train.py $(TEACHER_LEARNS_KL) --methods grounded_t --fresh-students 1 \
+		--teacher-rewards shuffled --seed 11 --out runs/teacher_learns_kl_shuffled_s11
 
 # -rs: every skipped test says why (e.g. ../shared/data/real is absent)
 test: $(VENV)/.installed
