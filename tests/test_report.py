@@ -130,7 +130,8 @@ def test_cli_exits_nonzero_with_one_line_for_a_non_run_dir(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["teacher_learns", "teacher_learns_s3", "solution_rloo", "solution_s3",
-                                  "shuffled_s3", "cold_s6", "cold_shuffled_s6", "kl_s11"])
+                                  "shuffled_s3", "cold_s6", "cold_shuffled_s6", "kl_s11",
+                                  "kl_shuffled_s11"])
 def test_the_committed_teacher_learns_runs_hold_what_a_reader_needs_to_check_them(name):
     """docs/runs/teacher_learns*: the flags that made it, on at most 2 processes, every seed's
     teacher log complete and every fresh student's result, so that its whole summary can be
