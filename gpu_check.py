@@ -26,6 +26,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -40,9 +42,11 @@ import measure
 import models
 import sampler
 from config import PRESETS, Config
+from run_dir import read_jsonl, write_jsonl
 
 GIB = 2 ** 30
-CONFIGS = Path(__file__).resolve().parent / "configs"
+ROOT = Path(__file__).resolve().parent
+CONFIGS = ROOT / "configs"
 PRESET_MODELS = {"small": "qwen2.5-1.5b.json", "paper": "llama-3.2-3b.json"}
 
 # The README's predicted peaks ("One 24 GB GPU: memory and presets", from `bench.py --memory`),
@@ -242,7 +246,7 @@ def copy_bandwidth(device: torch.device, repeats: int = 10) -> float:
     return 2 * n / best
 
 
-def card(check: Check) -> None:
+def card_part(check: Check) -> None:
     check.doing = "device"
     if check.device.type == "cuda":
         props = torch.cuda.get_device_properties(check.device)
@@ -288,7 +292,7 @@ def weight_bytes(model) -> tuple[int, int]:
     return bf16, bf16 - 2 * linear + linear // 2 + linear // 64 + linear // (64 * 256) * 4
 
 
-def build(check: Check, preset: str) -> None:
+def build_part(check: Check, preset: str) -> None:
     check.doing = "build"
     start = time.perf_counter()
     config = model_config(preset, check.dry)
@@ -366,7 +370,7 @@ class oom_retries:
         return f"OUT OF MEMORY, batch halved {len(halved)}x: {halved[0][:120]}; " if halved else ""
 
 
-def train(check: Check, preset: str) -> None:
+def train_part(check: Check, preset: str) -> None:
     check.doing = "preset settings"
     s = settings(preset, check.dry, check.device)
     model = preset_model(check, preset, s, checkpointing=s["checkpointing"] == "on")
@@ -394,13 +398,13 @@ def train(check: Check, preset: str) -> None:
              f"{README_STEP['tflops']})", step_s=seconds, tokens=tokens, tflops=tflops)
 
 
-def kv_bytes_per_token(config) -> int:
+def config_kv_bytes_per_token(config) -> int:
     """Bytes of bf16 keys and values one token keeps in one layer."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return 2 * config.num_key_value_heads * head_dim * 2
 
 
-def decode(check: Check, preset: str) -> None:
+def decode_part(check: Check, preset: str) -> None:
     check.doing = "preset settings"
     s = settings(preset, check.dry, check.device)
     model = preset_model(check, preset, s, checkpointing=False)
@@ -424,7 +428,7 @@ def decode(check: Check, preset: str) -> None:
     # Bytes one decode step reads: the weights (base and the active adapter) and, on average over
     # the answer, the KV cache of every row at its mean length.
     config, weights = model.config, measure.tensor_bytes(model)
-    kv = rows * (prompt_len + length / 2) * config.num_hidden_layers * kv_bytes_per_token(config)
+    kv = rows * (prompt_len + length / 2) * config.num_hidden_layers * config_kv_bytes_per_token(config)
     step_bytes = weights["base"] + weights["adapter"] + kv
     bandwidth = check.facts.get("bandwidth")
     bound = rows * bandwidth / step_bytes if bandwidth else None
@@ -497,29 +501,30 @@ def tiny_model_and_hard_set(dry: bool):
     return path, *tiny_model.tiny_hard_set(0, progress=False)
 
 
-def tiny_world(check: Check) -> None:
-    check.doing = "tiny world: imports"
-    import train
-    from parallel import Processes
-    from run_dir import read_jsonl
+def tiny_world_part(check: Check) -> None:
+    """One outer step of the tiny preset, run as `python train.py` runs it (a run of one step of
+    SOAR's teacher, its promoted student evaluated on two hard problems); timed from the phase
+    times its metrics row logs."""
     check.doing = "tiny world: model and hard set"
     path, hard_train, hard_test = tiny_model_and_hard_set(check.dry)
-    values = preset_settings("tiny") | dict(outer_steps=1, seeds=1, methods="soar", out=str(check.workdir / "tiny"))
-    cfg = Config(**(values | (TOY_TINY_STEP if check.dry else {})))
-    cfg.checkpointing = "on" if check.device.type == "cuda" else "off"  # as train.py resolves "auto"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads or threads)  # as train.py does: the CPU reference ran so too
-    try:
-        torch.manual_seed(cfg.seed)
-        model, tokenizer = models.load_model(str(path), cfg.quant, cfg.lora_rank, cfg.lora_alpha,
-                                             device=check.device.type, checkpointing=cfg.checkpointing == "on")
-        w = train.World(cfg, model, tokenizer, hard_train, hard_test, Processes())
-        check.doing = "tiny world: one outer step"
-        job = check.workdir / "tiny" / "soar"
-        seconds = measure.timed_call(lambda: train.run_teacher(w, "soar", cfg.seed, job), check.device)[1]
-    finally:
-        torch.set_num_threads(threads)
-    times = read_jsonl(job / "metrics.jsonl")[0]["times"]
+    out = check.workdir / "tiny"
+    for name, rows in (("hard_train", hard_train), ("hard_test", hard_test[:2])):
+        write_jsonl(out / f"{name}.jsonl", rows)
+    values = preset_settings("tiny") | dict(
+        model=str(path), hard_train=str(out / "hard_train.jsonl"), out=str(out / "run"),
+        hard_test=str(out / "hard_test.jsonl"), outer_steps=1, seeds=1, methods="soar_ps",
+        eval_samples=1, ks="1", checkpointing="on" if check.device.type == "cuda" else "off")
+    values |= TOY_TINY_STEP if check.dry else {}
+    cfg = Config(**values)
+    argv = [arg for k, v in values.items() for arg in ("--" + k.replace("_", "-"), str(v))]
+    check.doing = "tiny world: one outer step (python train.py)"
+    env = os.environ | ({} if check.device.type == "cuda" else {"CUDA_VISIBLE_DEVICES": ""})
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"train.py failed: {done.stderr.strip()[-500:]}")
+    times = read_jsonl(out / "run" / "seed0" / "soar" / "metrics.jsonl")[0]["times"]
+    seconds = sum(times.values())
     reference = TINY_STEP_CPU["seconds"]
     expected = (f"{reference:.1f} s on the 2-core CPU ({TINY_STEP_CPU['measured']})" if reference
                 else "CPU reference not measured yet")
@@ -539,7 +544,7 @@ def measure_tiny_step_here() -> Row:
     check = Check(torch.device("cpu"), False, workdir / "check.json", workdir)
     check.deadline = float("inf")  # a reference, not a lent machine: no budget
     load = os.getloadavg()[0]
-    check.run("tiny world", tiny_world, budget=3600)
+    check.run("tiny world", tiny_world_part, budget=3600)
     row = check.rows[-1]
     print(f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after: {row}")
     return row
@@ -570,17 +575,17 @@ def run(dry: bool, json_path: Path) -> Check:
     if dry:  # toy shapes: a second thread only adds overhead, and the test suite's machine is busy
         torch.set_num_threads(1)
     try:
-        check.run("card", card)
+        check.run("card", card_part)
         for preset in PRESET_MODELS:
-            check.run(f"{preset} build", build, preset)
-            check.run(f"{preset} train", train, preset)
-            check.run(f"{preset} decode", decode, preset)
+            check.run(f"{preset} build", build_part, preset)
+            check.run(f"{preset} train", train_part, preset)
+            check.run(f"{preset} decode", decode_part, preset)
             shutil.rmtree(workdir / preset, ignore_errors=True)  # gigabytes of the lent machine's disk
             try:
                 projection(check, preset)
             except NotReady as e:
                 check.rows.append(Row(preset, "outer step, projected", "NOT READY", status="not ready", notes=str(e)))
-        check.run("tiny world", tiny_world)
+        check.run("tiny world", tiny_world_part)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         torch.set_num_threads(threads)

@@ -1,5 +1,5 @@
 """The one shared base model: loading a preset or any model (optionally 4-bit), the two LoRA
-adapters, prompt encoding, and the policy-gradient update both roles use.
+adapters, and the policy-gradient update both roles use.
 
 Teacher and student are two LoRA adapters ("teacher", "student") on ONE frozen base model. The
 KL reference is the base with adapters disabled. Adapter weights move in and out as plain state
@@ -10,7 +10,6 @@ it, and how a promotion makes a copy the new baseline.
 import logging
 import math
 import os
-import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,9 @@ from pathlib import Path
 # optional 4-bit kernel from the Hub and falls back to its own: noise before every command's
 # output (and before its error messages), offline or without the `kernels` package
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# and `kernels` >= 0.19, which bitsandbytes asks for that kernel, warns that offline it skips a
+# publisher check it would never need
+logging.getLogger("kernels._internals.hf_hub").setLevel(logging.ERROR)
 
 import torch  # noqa: E402
 from huggingface_hub import model_info, snapshot_download  # noqa: E402
@@ -27,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 import smol  # noqa: E402
 from config import HUB_PRESETS  # noqa: E402
-from sampler import OOM, completion_logprobs, decode, halve_after_oom, sample  # noqa: E402
+from sampler import OOM, completion_logprobs, halve_after_oom  # noqa: E402
 
 ROLES = ("teacher", "student")
 
@@ -132,35 +134,6 @@ def keep_4bit_layers_differentiable(model) -> None:
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
-
-
-def eos_ids(tokenizer, model) -> list[int]:
-    ids = model.generation_config.eos_token_id if model.generation_config else None
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    return sorted({*ids, tokenizer.eos_token_id} - {None})
-
-
-def plain_frame(user_text: str) -> str:
-    return f"User: {user_text}\nAssistant:"
-
-
-# Llama 3.x chat templates write "Today Date: <date_string>" into every prompt, today's date
-# unless one is given: a fixed one (the templates' own fallback) keeps a hard set built one day
-# and a run on another on the same prompts. Templates that do not use it ignore it.
-CHAT_DATE = "26 Jul 2024"
-
-
-def encode_prompt(tokenizer, user_text: str, chat_template: bool) -> list[int]:
-    """Token ids of one prompt, special tokens included exactly once.
-
-    With `chat_template` the user text goes through the tokenizer's chat template; otherwise it
-    is wrapped in the paper's plain "User: ... Assistant:" frame (the tiny model's format).
-    """
-    if chat_template:
-        return list(tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=True,
-            return_dict=False, date_string=CHAT_DATE))
-    return tokenizer(plain_frame(user_text), add_special_tokens=True)["input_ids"]
 
 
 # ---- adapters as state dicts -------------------------------------------------------------------
@@ -346,28 +319,3 @@ class checkpointing_mode:
     def __exit__(self, *exc):
         if self.switch:
             self.model.eval()
-
-
-# ---- sampling and timing helpers the loop uses everywhere --------------------------------------
-
-def generate(model, tokenizer, prompt_ids, *, n, temperature, max_new_tokens, batch_size,
-             generator=None, progress=None):
-    """Sample with the active adapter; returns (Rollouts, completion texts)."""
-    rollouts = sample(model, prompt_ids, n=n, max_new_tokens=max_new_tokens,
-                      temperature=temperature, eos_token_ids=eos_ids(tokenizer, model),
-                      pad_token_id=tokenizer.pad_token_id, batch_size=batch_size,
-                      generator=generator, progress=progress)
-    return rollouts, decode(tokenizer, rollouts.completion_ids)
-
-
-class timed:
-    """`with timed(times, "train"):` adds the block's wall-clock seconds to times["train"]."""
-
-    def __init__(self, times: dict, key: str):
-        self.times, self.key = times, key
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.times[self.key] = self.times.get(self.key, 0.0) + time.perf_counter() - self.start

@@ -1,5 +1,6 @@
 """The run directory on disk: JSONL logs, atomic files and checkpoints, resume repair, RNG state,
-and the optional TensorBoard / W&B mirrors of the metrics.
+the optional TensorBoard / W&B mirrors of the metrics, and `timed`, the per-phase seconds every
+metrics row carries.
 
 One JSONL contract for every log the project writes (train.py's metrics and questions, the fail@k
 builder's results, the report's inputs): one JSON object per line, appended and flushed as it
@@ -12,6 +13,7 @@ no-op, so the code that runs on every process can call them all the same.
 """
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -92,7 +94,7 @@ def keep_complete_rows(path: Path, keep) -> list[dict]:
 def forget_unfinished_steps(job: Path, steps_done: int) -> None:
     """Drop log lines of steps that were logged but never checkpointed (killed in between),
     including a last line torn by the kill."""
-    for name in ("metrics.jsonl", "questions.jsonl"):
+    for name in ("metrics.jsonl", "questions.jsonl", "policy_questions.jsonl"):
         keep_complete_rows(job / name, lambda r: r["step"] < steps_done)
 
 
@@ -173,3 +175,16 @@ def external_logger(kind: str, run_dir: Path, config: dict):
         wandb.init(project="soar", name=run_dir.name, dir=str(run_dir), config=config)
         return lambda job, row: wandb.log({f"{job}/{k}": v for k, v in scalars(row)})
     return lambda job, row: None
+
+
+class timed:
+    """`with timed(times, "train"):` adds the block's wall-clock seconds to times["train"]."""
+
+    def __init__(self, times: dict, key: str):
+        self.times, self.key = times, key
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.times[self.key] = self.times.get(self.key, 0.0) + time.perf_counter() - self.start

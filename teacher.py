@@ -10,8 +10,10 @@ from collections import Counter
 
 import torch
 
-from models import activate, encode_prompt, generate, policy_gradient_step, timed, update_outcome
+from models import activate, policy_gradient_step, update_outcome
 from rewards import check_many, extract_boxed, ranks, rloo_advantages, scaled_by_sd
+from run_dir import timed
+from sampler import encode_prompt, generate
 
 TEACHER_INSTRUCTION = (
     "You are writing a new math problem for a math assistant. "

@@ -7,11 +7,12 @@ never solves. Everything runs in one process on one shared base model with two L
     python train.py --resume runs/tiny   # continue a run from its last complete step
     python report.py runs/tiny           # plots and a Markdown report of a run
 
-Read top to bottom: the outer loop (teacher samples -> datasets -> student copies -> grounded
-rewards -> promotion -> teacher update), then the methods of one seed, then main. Every setting
-is a flag of config.py; the inner loop (student RLOO) is in student.py, the teacher's sampling
-and update in teacher.py, the answer checker and pass@k in rewards.py, the students trained from
-scratch and pass@k in evaluate.py, the statistics and the report in report.py.
+Read top to bottom: one outer step as the paper's five steps (the teacher writes datasets ->
+Q_R and the baseline -> each dataset's reward -> promotion -> the teacher's update), the pieces
+of those steps, a teacher's whole run, the methods of one seed, then main. Every setting is a
+flag of config.py; the inner loop (student RLOO) is in student.py, the teacher's sampling and
+update in teacher.py, the answer checker and pass@k in rewards.py, the students trained from
+scratch and pass@k in evaluate.py, the statistics and the report in summary.py.
 """
 import dataclasses
 import json
@@ -26,31 +27,108 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from tqdm import tqdm
 
-from config import Config, parse_config, student_jobs
+from config import TEACHER_OF, Config, parse_config, student_jobs
 from data.benchmarks import load_problems
 from data.hard import hard_set_paths
 from evaluate import evaluate, sample_teacher_questions, train_fresh_students
 from models import (ModelUnavailable, adapter_state, adapter_weights, load_adapter_state,
-                    load_model, make_optimizer, resolve_model, save_adapter, timed)
+                    load_model, make_optimizer, resolve_model, save_adapter)
 from parallel import Processes, World, chunks, generators, launch, launched
-from report import print_summary, summarize, write_report
 from rewards import learnability
 from run_dir import (append_jsonl, atomic_save, atomic_write_text, external_logger,
-                     forget_unfinished_steps, load_checkpoint, prepare_run_dir, write_jsonl,
+                     forget_unfinished_steps, load_checkpoint, prepare_run_dir, timed, write_jsonl,
                      write_nothing)
-from student import (answer, correct_counts, graded_measures, greedy_correct, has_solutions,
-                     progress_measures, train_student)
+from student import answer, correct_counts, greedy_correct, has_solutions, progress_measures, train_student
+from summary import print_summary, summarize, write_report
 from teacher import by_length, question_diversity, sample_pairs, split_datasets, teacher_update
 from tiny.model import tiny_hard_set, tiny_model_path
-from tiny.world import question_quality
+from tiny.world import classify, question_quality
 
 
-# ---- the rewards of a step's datasets -----------------------------------------------------------
+# ---- the outer loop: one teacher step, the paper's five steps ------------------------------------
 
-def grounded_rewards(w: World, datasets, q_r, baseline, baseline_measures, steps, unit, times):
+def outer_step(w: World, method: str, seed: int, step: int, state: dict, optimizer, scheduler,
+               job: Path) -> dict | None:
+    """One step of a teacher, SOAR's ("soar", rewarded by the student copies' progress) or the
+    intrinsic one, on the live adapters (the teacher, the baseline student): updates `state`
+    (teacher, baseline, moving window, PQ) and returns the step's metrics row (None on all but
+    the main process)."""
+    times, unit = {}, (seed, method, step)
+    # 1. g*n valid (question, answer) pairs from the teacher, split into g datasets
+    pairs, drawn, datasets = write_datasets(w, unit, times)
+    # 2. Q_R, a fresh draw of the hard train set, and the baseline student's standing on it
+    q_r = generators(*unit, "q_r")[1].sample(w.hard_train, min(w.cfg.q_r, len(w.hard_train)))
+    baseline = baseline_standing(w, method, q_r, unit, times)
+    step_log = {"pairs": pairs, "drawn": drawn, "baseline_acc": baseline["greedy"], "times": times}
+    if datasets is None:
+        w.say(f"step {step}: only {len(pairs)} valid teacher pairs; no update this step")
+        scheduler.step()
+        update = {"loss": None, "update": "no valid pairs"}
+        step_log |= {"rewards": [], "moving_avg": None, "promoted": None, "update": update}
+    else:
+        # 3. each dataset's reward: SOAR's from r student copies trained on it, or the intrinsic one
+        if method == "soar":
+            steps = w.cfg.inner_steps + (w.cfg.promotion_extra_steps if state["n_promotions"] else 0)
+            rewards, copy_rewards, copies, step_log["student_updates"] = grounded_rewards(
+                w, datasets, q_r, state["baseline"], baseline, steps, unit, times)
+            step_log["copy_rewards"] = copy_rewards | {"baseline": baseline}
+        else:
+            rewards, copies = intrinsic_rewards(w, datasets, unit, times), {}
+        # 4. promotion: the median copy of the best dataset becomes the baseline, X_k* joins PQ
+        state["window"], step_log["moving_avg"], due = update_window(
+            state["window"], statistics.mean(map(statistics.mean, rewards)), w.cfg.ma_window, w.cfg.tau)
+        step_log["promoted"] = promote(w, state, rewards, copies, datasets, step) if (
+            method == "soar" and due) else None
+        # 5. the teacher's RLOO update across the g datasets
+        step_log["update_rewards"] = teacher_rewards(w.cfg, rewards, unit)
+        with timed(times, "train"):
+            step_log["update"] = teacher_update(
+                w.model, w.tokenizer, optimizer, scheduler, datasets, step_log["update_rewards"],
+                w.cfg) if w.procs.main else {}
+        step_log["rewards"] = [statistics.mean(r) for r in rewards]
+    state["teacher"] = adapter_state(w.model, "teacher")
+    state["step"] = step + 1
+    if not w.procs.main:
+        return None
+    for record in drawn:
+        append_jsonl(job / "questions.jsonl", {"step": step, **record})
+    if w.cfg.quality_samples:  # a larger sample of the teacher's questions, from its own draws
+        with timed(times, "quality_sample"):
+            sampled, _ = sample_pairs(w.model, w.tokenizer, w.cfg.quality_samples, w.cfg,
+                                      generators(*unit, "quality")[0], {})
+        # kept with their grades, so that the trend the summary reports can be recounted from text
+        for pair in sampled:
+            append_jsonl(job / "policy_questions.jsonl", {
+                "step": step, "problem": pair["problem"], "answer": pair["answer"],
+                **classify(pair["problem"], pair["answer"])})
+        step_log["policy_quality"] = question_quality(sampled)
+    return metrics_row(w.cfg, method, seed, step, state, step_log)
+
+
+def write_datasets(w: World, unit: tuple, times: dict):
+    """(valid pairs, a record of every sample drawn, the g datasets or None with fewer pairs than
+    datasets), sampled by the main process and handed to every process."""
+    pairs, drawn = w.procs.on_main(lambda: sample_pairs(
+        w.model, w.tokenizer, w.cfg.g * w.cfg.n, w.cfg, generators(*unit, "teacher")[0], times))
+    return pairs, drawn, split_datasets(pairs, w.cfg.g)
+
+
+def baseline_standing(w: World, method: str, q_r: list[dict], unit: tuple, times: dict) -> dict:
+    """The baseline student's greedy accuracy on Q_R, spread over the processes, and for SOAR's
+    teacher its standing by every other measure (each process takes those itself: the same draws
+    give the same value)."""
+    greedy = spread_greedy_accuracy(w, q_r, times)
+    if method != "soar":
+        return {"greedy": greedy}
+    return progress_measures(w.model, w.tokenizer, q_r, w.cfg, generators(*unit, "measure")[0],
+                             times, known={"greedy": greedy})
+
+
+def grounded_rewards(w: World, datasets, q_r, baseline, baseline_measures: dict, steps: int, unit,
+                     times):
     """R_kj = the student's standing on Q_R after training copy j on X_k, minus the baseline's,
     by --reward-measure (greedy accuracy, as the paper, sampled accuracy, or the log probability
-    of Q_R's reference solutions).
+    of Q_R's reference solutions); every measure of MEASURES is logged.
 
     The g x r copies are spread over the processes; each starts from the baseline student. Its
     randomness comes from its own identity: unit + (k, j), or with --copy-streams common unit +
@@ -61,7 +139,8 @@ def grounded_rewards(w: World, datasets, q_r, baseline, baseline_measures, steps
     updates were applied, had no signal (every answer scored the same) or were dropped as
     non-finite).
     """
-    copies, common = {}, w.cfg.copy_streams == "common"
+    cfg, common = w.cfg, w.cfg.copy_streams == "common"
+    copies = {}
 
     def train_copy(kj):
         k, j = kj
@@ -69,31 +148,31 @@ def grounded_rewards(w: World, datasets, q_r, baseline, baseline_measures, steps
         data = by_length(datasets[k]) if common else datasets[k]
         with adapter_weights(w.model, "student", baseline):
             generator, rng = generators(*identity)
-            history = train_student(w.model, w.tokenizer, data, steps, w.cfg, generator, rng, times)
-            measures = progress_measures(w.model, w.tokenizer, q_r, w.cfg,
+            history = train_student(w.model, w.tokenizer, data, steps, cfg, generator, rng, times)
+            measures = progress_measures(w.model, w.tokenizer, q_r, cfg,
                                          generators(*identity, "measure")[0], times)
             copies[kj] = adapter_state(w.model, "student")
         return ({m: v - baseline_measures[m] for m, v in measures.items()},
                 Counter(h["update"] for h in history))
 
-    units = [(k, j) for k in range(len(datasets)) for j in range(w.cfg.r)]
+    units = [(k, j) for k in range(len(datasets)) for j in range(cfg.r)]
     results = w.procs.map(train_copy, units)
-    by_measure = {m: [[results[k * w.cfg.r + j][0][m] for j in range(w.cfg.r)]
+    by_measure = {m: [[results[k * cfg.r + j][0][m] for j in range(cfg.r)]
                       for k in range(len(datasets))] for m in baseline_measures}
-    return (by_measure[w.cfg.reward_measure], by_measure, copies,
+    return (by_measure[cfg.reward_measure], by_measure, copies,
             dict(sum((c for _, c in results), Counter())))
 
 
-def intrinsic_rewards(w: World, datasets, unit, times):
+def intrinsic_rewards(w: World, datasets, unit, times) -> list[list[float]]:
     """Intrinsic-T's "learnability": per question 1 - s if the baseline student's success rate s
-    is above 0, else 0; a dataset's reward is the mean. No student is trained."""
+    is above 0, else 0; a dataset's reward [R_k] is the mean. No student is trained."""
     def learnability_of(k):
         with timed(times, "eval"):
             counts = correct_counts(w.model, w.tokenizer, datasets[k], w.cfg.intrinsic_samples,
                                     w.cfg, generators(*unit, k)[0])
         return statistics.mean(learnability(c / w.cfg.intrinsic_samples) for c in counts)
 
-    return [[r] for r in w.procs.map(learnability_of, list(range(len(datasets))))], {}, {}
+    return [[r] for r in w.procs.map(learnability_of, list(range(len(datasets))))]
 
 
 def spread_greedy_accuracy(w: World, problems: list[dict], times: dict) -> float:
@@ -104,8 +183,6 @@ def spread_greedy_accuracy(w: World, problems: list[dict], times: dict) -> float
     return sum(correct) / len(correct)
 
 
-# ---- promotion ----------------------------------------------------------------------------------
-
 def update_window(window: list[float], mean_reward: float, size: int, tau: float):
     """Moving average of the teacher reward; a promotion is due when a full window clears tau."""
     window = (window + [mean_reward])[-size:]
@@ -113,7 +190,7 @@ def update_window(window: list[float], mean_reward: float, size: int, tau: float
     return window, moving_avg, len(window) == size and moving_avg > tau
 
 
-def promote(rewards: list[list[float]]) -> tuple[int, int]:
+def best_copy(rewards: list[list[float]]) -> tuple[int, int]:
     """The best dataset k* (first among ties) and, of its copies, the one with the median reward."""
     means = [statistics.mean(r) for r in rewards]
     best = max(range(len(means)), key=means.__getitem__)
@@ -121,101 +198,53 @@ def promote(rewards: list[list[float]]) -> tuple[int, int]:
     return best, order[(len(order) - 1) // 2]
 
 
-# ---- the outer loop: one teacher (grounded = SOAR, or intrinsic) --------------------------------
+def promote(w: World, state: dict, rewards, copies: dict, datasets, step: int) -> int:
+    """The median copy of the best dataset becomes the baseline student (sent from the process
+    that trained it) and that dataset joins PQ; returns the dataset's index."""
+    best, copy = best_copy(rewards)
+    state["baseline"] = w.procs.broadcast(copies.get((best, copy)),
+                                          src=w.procs.owner(best * w.cfg.r + copy))
+    load_adapter_state(w.model, "student", state["baseline"])
+    state["promoted_questions"] += [{"problem": p["problem"], "answer": p["answer"], "step": step}
+                                    for p in datasets[best]]
+    state["n_promotions"] += 1
+    state["window"] = []  # later rewards are measured against the new baseline: a fresh average
+    return best
 
-def outer_step(w: World, method: str, seed: int, step: int, state: dict, optimizer, scheduler,
-               job: Path) -> dict | None:
-    """One teacher step on the live adapters (the teacher, the baseline student): updates `state`
-    (teacher, baseline, moving window, PQ) and returns the step's metrics row (None on all but
-    the main process)."""
-    cfg, model, tokenizer, procs = w.cfg, w.model, w.tokenizer, w.procs
-    grounded = method == "soar"
-    times, unit = {}, (seed, method, step)
-    # 1. g*n valid (question, answer) pairs from the teacher, split into g datasets.
-    pairs, drawn = procs.on_main(lambda: sample_pairs(
-        model, tokenizer, cfg.g * cfg.n, cfg, generators(*unit, "teacher")[0], times))
-    for rec in drawn:
-        append_jsonl(job / "questions.jsonl", {"step": step, **rec})
-    datasets = split_datasets(pairs, cfg.g)
-    if datasets is None:
-        w.say(f"step {step}: only {len(pairs)} valid teacher pairs; no update this step")
 
-    # 2-3. the reward of each dataset
-    q_r = generators(*unit, "q_r")[1].sample(w.hard_train, min(cfg.q_r, len(w.hard_train)))
-    baseline_acc = spread_greedy_accuracy(w, q_r, times)
-    promoted, best, measures = False, None, None
-    if datasets is not None:
-        if grounded:
-            steps = cfg.inner_steps + (cfg.promotion_extra_steps if state["n_promotions"] else 0)
-            # every process measures the baseline itself: the same draws give the same value
-            baseline_measures = {"greedy": baseline_acc, **graded_measures(
-                model, tokenizer, q_r, cfg, generators(*unit, "measure")[0], times)}
-            rewards, measures, copies, student_updates = grounded_rewards(
-                w, datasets, q_r, state["baseline"], baseline_measures, steps, unit, times)
-            measures["baseline"] = baseline_measures
-        else:
-            rewards, copies, student_updates = intrinsic_rewards(w, datasets, unit, times)
-        dataset_rewards = [statistics.mean(r) for r in rewards]
+def teacher_rewards(cfg: Config, rewards: list[list[float]], unit: tuple) -> list[float]:
+    """What the teacher's update is given: each dataset's reward, or with --teacher-rewards
+    shuffled the same rewards permuted across the datasets (the control)."""
+    dataset_rewards = [statistics.mean(r) for r in rewards]
+    if cfg.teacher_rewards == "measured":
+        return dataset_rewards
+    order = torch.randperm(len(rewards), generator=generators(*unit, "shuffle")[0])
+    return [dataset_rewards[i] for i in order.tolist()]
 
-        # 4. promotion: when the moving average of the mean reward clears tau, the median copy
-        # of the best dataset becomes the baseline and that dataset joins PQ.
-        state["window"], moving_avg, due = update_window(
-            state["window"], statistics.mean(dataset_rewards), cfg.ma_window, cfg.tau)
-        if grounded and due:
-            best, copy = promote(rewards)
-            state["baseline"] = procs.broadcast(copies.get((best, copy)),
-                                                src=procs.owner(best * cfg.r + copy))
-            load_adapter_state(model, "student", state["baseline"])
-            state["promoted_questions"] += [{"problem": p["problem"], "answer": p["answer"],
-                                             "step": step} for p in datasets[best]]
-            state["n_promotions"] += 1
-            # Later rewards are measured against the new baseline: start a fresh average.
-            state["window"] = []
-            promoted = True
 
-        # 5. the teacher's RLOO update across the g datasets
-        update_rewards = dataset_rewards
-        if cfg.teacher_rewards == "shuffled":
-            order = torch.randperm(len(datasets), generator=generators(*unit, "shuffle")[0])
-            update_rewards = [dataset_rewards[i] for i in order.tolist()]
-        with timed(times, "train"):
-            update = teacher_update(model, tokenizer, optimizer, scheduler, datasets,
-                                    update_rewards, cfg) if procs.main else {}
-    else:
-        dataset_rewards, update_rewards, moving_avg, student_updates = [], [], None, {}
-        update = {"loss": None, "update": "no valid pairs"}
-        scheduler.step()
-
-    state["teacher"] = adapter_state(model, "teacher")
-    state["step"] = step + 1
-    if not procs.main:
-        return None
-    policy_quality = None
-    if cfg.quality_samples:  # a larger sample of the teacher's questions, from its own draws
-        with timed(times, "quality_sample"):
-            sampled, _ = sample_pairs(model, tokenizer, cfg.quality_samples, cfg,
-                                      generators(*unit, "quality")[0], {})
-        policy_quality = question_quality(sampled)
-    row = {"method": method, "seed": seed, "step": step, "dataset_rewards": dataset_rewards,
-           "mean_reward": statistics.mean(dataset_rewards) if dataset_rewards else None,
-           "moving_avg": moving_avg, "promoted": promoted, "promoted_dataset": best,
-           "n_promotions": state["n_promotions"],
+def metrics_row(cfg: Config, method: str, seed: int, step: int, state: dict, log: dict) -> dict:
+    """The step's line of metrics.jsonl."""
+    pairs, rewards, update = log["pairs"], log["rewards"], log["update"]
+    row = {"method": method, "seed": seed, "step": step, "dataset_rewards": rewards,
+           "mean_reward": statistics.mean(rewards) if rewards else None,
+           "moving_avg": log["moving_avg"], "promoted": log["promoted"] is not None,
+           "promoted_dataset": log["promoted"], "n_promotions": state["n_promotions"],
            "n_promoted_questions": len(state["promoted_questions"]),
-           "baseline_acc": baseline_acc, "valid_rate": len(pairs) / len(drawn),
+           "baseline_acc": log["baseline_acc"], "valid_rate": len(pairs) / len(log["drawn"]),
            "teacher_loss": update["loss"], "teacher_update": update["update"],
-           "student_updates": student_updates,
+           "student_updates": log.get("student_updates", {}),
            "diversity": question_diversity([p["problem"] for p in pairs]),
-           "times": {k: round(v, 3) for k, v in times.items()}}
+           "times": {k: round(v, 3) for k, v in log["times"].items()}}
     if pairs:
         row |= {"sample_question": pairs[0]["problem"], "sample_answer": pairs[0]["answer"]}
     if cfg.teacher_rewards == "shuffled":
-        row["update_rewards"] = update_rewards
-    if measures is not None:  # the copies' rewards by every measure, the chosen one or not
-        row["copy_rewards"] = measures
+        row["update_rewards"] = log.get("update_rewards", [])
+    if "copy_rewards" in log:  # the copies' rewards by every measure, the chosen one or not
+        row["copy_rewards"] = log["copy_rewards"]
     if cfg.model == "tiny" and pairs:  # the tiny world grades any question exactly
         row["quality"] = question_quality(pairs)
-    if policy_quality is not None:
-        row["policy_quality"] = policy_quality
+    if "policy_quality" in log:
+        row["policy_quality"] = log["policy_quality"]
     return row
 
 
@@ -298,10 +327,11 @@ def run_seed(w: World, seed: int, run_dir: Path) -> None:
     jobs = {}  # {job folder: the (questions, steps) phases of its fresh student}
     if "base" in methods:
         evaluate(w, None, "base", seed, seed_dir / "base")
-    if "soar" in methods or "grounded_t" in methods:
+    if any(TEACHER_OF.get(m) == "soar" for m in methods):
         soar = run_teacher(w, "soar", seed, seed_dir / "soar")
-    if "soar" in methods:
+    if "soar_ps" in methods:
         evaluate(w, soar["baseline"], "soar_ps", seed, seed_dir / "soar_ps")
+    if "soar_pq" in methods:
         pq = soar["promoted_questions"]
         jobs |= {job: ([(pq, cfg.pq_steps)] if pq else []) + hard
                  for job in student_jobs("soar_pq", cfg.fresh_students)}

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import models
 import sampler
 from parallel import Processes
 from rewards import check_many
@@ -97,7 +96,7 @@ def build_hard(model, tokenizer, problems: list[dict], k: int, *, out_dir, chat_
         # Each chunk has its own generator, so a resumed build samples exactly what a full one
         # would, whichever process samples it.
         generator = torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + start)
-        return sample_chunk(model, tokenizer, problems[start:start + chunk_problems], rounds,
+        return count_solved(model, tokenizer, problems[start:start + chunk_problems], rounds,
                             generator, chat_template=chat_template, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, check_timeout=check_timeout)
 
@@ -116,24 +115,22 @@ def build_hard(model, tokenizer, problems: list[dict], k: int, *, out_dir, chat_
     return procs.broadcast(built) if procs else built
 
 
-def sample_chunk(model, tokenizer, chunk: list[dict], rounds: list[int], generator, *,
+def count_solved(model, tokenizer, chunk: list[dict], rounds: list[int], generator, *,
                  chat_template, max_new_tokens, batch_size, check_timeout) -> list[dict]:
     """{"n_correct", "samples", "tokens"} per problem of the chunk, sampled round by round; a
     problem whose gold does not check against itself cannot grade anything (n_correct None)."""
-    eos, pad = models.eos_ids(tokenizer, model), tokenizer.pad_token_id
     valid = check_many([f"\\boxed{{{p['answer']}}}" for p in chunk], [p["answer"] for p in chunk],
                        timeout=check_timeout)
-    prompts = [models.encode_prompt(tokenizer, student_message(p["problem"]), chat_template)
+    prompts = [sampler.encode_prompt(tokenizer, student_message(p["problem"]), chat_template)
                for p in chunk]
     rows = [{"n_correct": None if not ok else 0, "samples": 0, "tokens": 0} for ok in valid]
     for n in rounds:
         todo = [j for j, r in enumerate(rows) if r["n_correct"] == 0]
         if not todo:
             break
-        rollouts = sampler.sample(model, [prompts[j] for j in todo], n=n,
-                                  max_new_tokens=max_new_tokens, temperature=1.0, eos_token_ids=eos,
-                                  pad_token_id=pad, batch_size=batch_size, generator=generator)
-        texts = sampler.decode(tokenizer, rollouts.completion_ids)
+        rollouts, texts = sampler.generate(model, tokenizer, [prompts[j] for j in todo], n=n,
+                                           temperature=1.0, max_new_tokens=max_new_tokens,
+                                           batch_size=batch_size, generator=generator)
         correct = check_many(texts, [chunk[j]["answer"] for j in todo for _ in range(n)],
                              timeout=check_timeout)
         for i, j in enumerate(todo):

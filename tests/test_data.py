@@ -253,14 +253,14 @@ def test_rounds_stop_a_problem_at_its_first_success_and_give_the_unsolved_all_k(
 
 
 def test_chat_prompts_carry_a_fixed_date(tiny_llama):
-    import models as project_models
+    import sampler as project_sampler
     _, tokenizer, _ = tiny_llama
     tokenizer = tokenizer.__class__.from_pretrained(tiny_llama[2])
     tokenizer.chat_template = ("{{ 'Today Date: ' + (date_string if date_string is defined else "
                                "'a date that changes') + '\\n' }}{% for m in messages %}{{ m['content'] }}"
                                "{% endfor %}")
-    ids = project_models.encode_prompt(tokenizer, "hi", chat_template=True)
-    assert tokenizer.decode(ids).startswith("Today Date: " + project_models.CHAT_DATE)
+    ids = project_sampler.encode_prompt(tokenizer, "hi", chat_template=True)
+    assert tokenizer.decode(ids).startswith("Today Date: " + project_sampler.CHAT_DATE)
 
 
 def test_the_builder_loads_the_base_without_adapters(tiny_llama):

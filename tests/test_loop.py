@@ -15,12 +15,13 @@ from transformers import PreTrainedModel
 
 import evaluate
 import train
-from config import EVALUATED, SMOKE, Config, parse_config
-from report import PAIRED, paired_differences, t_quantile, teacher_trends
+from config import METHODS, SMOKE, Config, parse_config
 from models import adapter_state, load_adapter_state, load_model, make_optimizer, policy_gradient_step
 from rewards import pass_at_k
 from run_dir import load_checkpoint, prepare_run_dir, read_jsonl
+from summary import PAIRED, paired_differences, t_quantile, teacher_trends
 from teacher import parse_teacher_output, question_diversity, vendi_score
+from tiny.world import classify, question_quality
 
 ROOT = train.Path(__file__).resolve().parents[1]
 
@@ -112,7 +113,7 @@ def test_teacher_trends_are_per_seed_slopes_per_ten_steps(tmp_path):
 
 def test_promote_takes_best_dataset_and_its_median_copy():
     rewards = [[0.0, 0.1, 0.2], [0.3, -0.1, 0.6], [0.1, 0.1, 0.1]]
-    best, copy = train.promote(rewards)
+    best, copy = train.best_copy(rewards)
     assert best == 1 and copy == 0  # dataset 1 has the best mean; its median reward is 0.3 (copy 0)
 
 
@@ -348,7 +349,7 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(lm_d
 
 @pytest.mark.parametrize("argv, message", [
     (["--eval-samples", "4", "--ks", "1,8"], "k=8 is more than --eval-samples 4"),
-    (["--methods", "soar,magic"], "--methods: unknown magic"),
+    (["--methods", "soar_pq,magic"], "--methods: unknown magic"),
     (["--g", "1"], "--g must be at least 2"),
     (["--quant", "3bit"], "--quant"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
@@ -360,10 +361,10 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(lm_d
     (["--fresh-students", "0"], "--fresh-students must be at least 1"),
     (["--quality-samples", "-1"], "--quality-samples must not be negative"),
     (["--model", "smol", "--quality-samples", "8"], "only the tiny world can"),
-    (["--reward-measure", "loss"], "--reward-measure: 'loss' is not one of"),
-    (["--teacher-advantage", "median"], "--teacher-advantage: 'median' is not one of"),
+    (["--reward-measure", "loss"], "argument --reward-measure: invalid choice: 'loss'"),
+    (["--teacher-advantage", "median"], "argument --teacher-advantage: invalid choice: 'median'"),
     (["--teacher-temperature", "-0.5"], "--teacher-temperature must not be negative"),
-    (["--teacher-rewards", "random"], "--teacher-rewards: 'random' is not one of measured, shuffled"),
+    (["--teacher-rewards", "random"], "argument --teacher-rewards: invalid choice: 'random'"),
 ])
 def test_bad_settings_fail_with_a_message_naming_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -404,7 +405,7 @@ def expected_teacher_update(row: dict) -> str:
 @pytest.mark.slow
 def test_one_outer_step_fills_the_run_directory(lm_dir, problem_files, tmp_path):
     out = tmp_path / "run"
-    train.main(_smoke_args(lm_dir, problem_files, out, "--methods", "base,soar", "--outer-steps", "1"))
+    train.main(_smoke_args(lm_dir, problem_files, out, "--methods", "base,soar_ps,soar_pq", "--outer-steps", "1"))
     rows = read_jsonl(out / "seed0" / "soar" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0]
     for key in ("dataset_rewards", "moving_avg", "promoted", "baseline_acc", "valid_rate", "times",
@@ -431,7 +432,7 @@ def test_every_method_runs_and_lands_in_the_table_and_the_paired_comparisons(lm_
     out = tmp_path / "run"
     train.main(_smoke_args(lm_dir, problem_files, out, "--seeds", "2"))
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["pass_at_k"]) == set(EVALUATED)
+    assert set(summary["pass_at_k"]) == set(METHODS)
     assert set(summary["paired_differences"]) == {f"{a} - {b}" for a, b in PAIRED}
     assert all(cell["n_seeds"] == 2 for row in summary["paired_differences"].values()
                for cell in row.values())
@@ -451,12 +452,27 @@ def test_every_method_runs_and_lands_in_the_table_and_the_paired_comparisons(lm_
 
 
 @pytest.mark.slow
+def test_the_policy_sample_is_kept_with_its_grades_and_recounts_the_logged_shares(tmp_path):
+    """--quality-samples: the questions behind each step's policy_quality, on the shipped tiny model."""
+    out = tmp_path / "run"
+    train.main(["--smoke", "--methods", "soar_ps", "--quality-samples", "6", "--out", str(out),
+                "--sample-every", "0"])
+    rows = read_jsonl(out / "seed0" / "soar" / "metrics.jsonl")
+    kept = read_jsonl(out / "seed0" / "soar" / "policy_questions.jsonl")
+    for row in rows:
+        questions = [q for q in kept if q["step"] == row["step"]]
+        assert len(questions) == 6
+        assert all(q == {**q, **classify(q["problem"], q["answer"])} for q in questions)
+        assert row["policy_quality"] == question_quality(questions)
+
+
+@pytest.mark.slow
 def test_the_first_outer_step_does_not_depend_on_the_number_of_steps(lm_dir, problem_files, tmp_path):
     """A long run's first steps can be re-run short: its step-0 row is the short run's."""
     rows = {}
     for steps in (1, 3):
         out = tmp_path / f"steps{steps}"
-        train.main(_smoke_args(lm_dir, problem_files, out, "--methods", "soar", "--outer-steps",
+        train.main(_smoke_args(lm_dir, problem_files, out, "--methods", "soar_ps,soar_pq", "--outer-steps",
                                str(steps), "--reward", "shaped", "--group-size", "4"))
         rows[steps] = read_jsonl(out / "seed0" / "soar" / "metrics.jsonl")
     assert [len(rows[1]), len(rows[3])] == [1, 3]
@@ -510,7 +526,7 @@ def test_two_processes_give_exactly_the_results_of_one(lm_dir, problem_files, tm
     # broadcast of the promoted (median) copy from the process that trained it both run, on one
     # process and on two; a promotion at every step, after which inner loops take 1 + 1 steps;
     # the shaped reward's credit for a boxed answer gives the toy model's students a signal.
-    args = ["--methods", "base,soar,hard_only,grounded_t", "--outer-steps", "2", "--ma-window", "1",
+    args = ["--methods", "base,soar_ps,soar_pq,hard_only,grounded_t", "--outer-steps", "2", "--ma-window", "1",
             "--tau", "-1", "--g", "3", "--r", "3", "--promotion-extra-steps", "1", "--group-size", "4",
             "--reward", "shaped"]
     train.main(_smoke_args(lm_dir, problem_files, one, *args))
@@ -543,7 +559,7 @@ def a_process_runs_with(text: str) -> bool:
 @pytest.mark.slow
 def test_a_run_killed_on_two_processes_resumes_on_one_to_the_same_results(lm_dir, problem_files,
                                                                           tmp_path):
-    args = ["--methods", "soar,hard_only", "--outer-steps", "3", "--g", "3", "--reward", "shaped"]
+    args = ["--methods", "soar_ps,soar_pq,hard_only", "--outer-steps", "3", "--g", "3", "--reward", "shaped"]
     train.main(_smoke_args(lm_dir, problem_files, tmp_path / "full", *args))
     out = tmp_path / "cut"
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--processes", "2",
@@ -596,7 +612,7 @@ def test_an_existing_run_is_never_overwritten(lm_dir, problem_files, tmp_path):
 def test_resumed_run_matches_an_uninterrupted_one(lm_dir, problem_files, tmp_path,
                                                  interrupted_then_resumed):
     # tau -1 with a window of 1 promotes at every step, so the resumed state holds a promotion.
-    args = ["--methods", "soar", "--outer-steps", "2", "--ma-window", "1", "--tau", "-1",
+    args = ["--methods", "soar_ps,soar_pq", "--outer-steps", "2", "--ma-window", "1", "--tau", "-1",
             "--promotion-extra-steps", "1", "--reward", "shaped"]
     train.main(_smoke_args(lm_dir, problem_files, tmp_path / "full", *args))
     interrupted_then_resumed(_smoke_args(lm_dir, problem_files, tmp_path / "cut", *args),
@@ -649,7 +665,7 @@ def test_a_run_interrupted_in_the_middle_of_a_fresh_student_resumes_to_the_same_
 
 @pytest.mark.slow
 def test_sigkill_mid_run_loses_at_most_the_step_in_progress(lm_dir, problem_files, tmp_path):
-    args = ["--methods", "soar", "--outer-steps", "3", "--reward", "shaped"]
+    args = ["--methods", "soar_ps,soar_pq", "--outer-steps", "3", "--reward", "shaped"]
     train.main(_smoke_args(lm_dir, problem_files, tmp_path / "full", *args))
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "train.py"), *_smoke_args(lm_dir, problem_files, out, *args)]
@@ -677,7 +693,7 @@ def test_sigkill_mid_run_loses_at_most_the_step_in_progress(lm_dir, problem_file
 @pytest.mark.slow
 def test_corrupt_checkpoint_is_named_and_left_in_place(lm_dir, problem_files, tmp_path):
     out = tmp_path / "run"
-    train.main(_smoke_args(lm_dir, problem_files, out, "--methods", "soar", "--outer-steps", "1"))
+    train.main(_smoke_args(lm_dir, problem_files, out, "--methods", "soar_ps,soar_pq", "--outer-steps", "1"))
     checkpoint = out / "seed0" / "soar" / "checkpoint.pt"
     checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="checkpoint .*checkpoint.pt is corrupt"):

@@ -13,13 +13,13 @@ from transformers import AutoModelForCausalLM
 import build_hard
 import sampler
 import train
-from config import EVALUATED, SMOKE, Config
+from config import METHODS, SMOKE, Config
 from data.hard import hard_set_paths
-from models import (adapter_state, encode_prompt, eos_ids, load_adapter_state, load_model,
-                    make_optimizer, resolve_model, save_adapter)
+from models import (adapter_state, load_adapter_state, load_model, make_optimizer, resolve_model,
+                    save_adapter)
 import student
 from run_dir import read_jsonl
-from sampler import completion_logprobs
+from sampler import completion_logprobs, encode_prompt, eos_ids
 from student import encode_problems, rloo_step
 from teacher import TEACHER_INSTRUCTION, teacher_update
 
@@ -163,7 +163,7 @@ def test_every_method_runs_on_the_real_model_and_resumes_to_the_same_metrics(
     config = json.loads((out / "config.json").read_text())
     assert config["chat_template"] == "on" and config["quant"] == "none"
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["pass_at_k"]) == set(EVALUATED)
+    assert set(summary["pass_at_k"]) == set(METHODS)
     rows = read_jsonl(out / "seed0" / "soar" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1]
     # what the teacher did follows from its step's rewards (the 135M teacher rarely writes a pair)
@@ -177,7 +177,7 @@ def test_every_method_runs_on_the_real_model_and_resumes_to_the_same_metrics(
     for role in ("teacher", "student"):
         assert (out / "seed0" / "soar" / "adapters" / role / "adapter_model.safetensors").exists()
 
-    interrupted_then_resumed([*args, "--methods", "soar"], tmp_path / "cut")
+    interrupted_then_resumed([*args, "--methods", "soar_ps,soar_pq"], tmp_path / "cut")
 
     def soar_rows(run):
         return [{k: v for k, v in r.items() if k != "times"}
@@ -189,7 +189,7 @@ def test_every_method_runs_on_the_real_model_and_resumes_to_the_same_metrics(
 def test_a_4bit_base_runs_soar_on_the_cpu(hard_files, tmp_path):
     train_path, test_path = hard_files
     out = tmp_path / "run"
-    train.main(["--model", "smol", "--smoke", "--quant", "4bit", "--methods", "base,soar",
+    train.main(["--model", "smol", "--smoke", "--quant", "4bit", "--methods", "base,soar_ps,soar_pq",
                 "--outer-steps", "1", "--hard-train", str(train_path), "--hard-test",
                 str(test_path), "--out", str(out), *SHORT])
     assert json.loads((out / "config.json").read_text())["quant"] == "4bit"

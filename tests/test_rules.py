@@ -28,9 +28,9 @@ from parallel import generators
 from rewards import pass_at_k, rloo_advantages
 from sampler import completion_logprobs
 from parallel import World
-from report import pass_at_k_table
+from summary import pass_at_k_table
 from run_dir import read_jsonl
-from train import grounded_rewards, promote, run_teacher, update_window
+from train import best_copy, grounded_rewards, run_teacher, update_window
 
 
 class OneProcess:
@@ -59,7 +59,7 @@ def test_promotion_takes_the_best_dataset_by_mean_not_by_max_first_or_last_copy(
     rewards = [[0.0, 0.0, 0.9],   # mean 0.3, but the best single copy and the best last copy
                [0.6, 0.2, 0.4],   # mean 0.4: the best dataset
                [0.7, 0.0, 0.2]]   # mean 0.3, but the best first copy
-    assert promote(rewards)[0] == 1
+    assert best_copy(rewards)[0] == 1
 
 
 @pytest.mark.parametrize("copies, median", [
@@ -70,18 +70,18 @@ def test_promotion_takes_the_best_dataset_by_mean_not_by_max_first_or_last_copy(
     ([0.7], 0),                    # r = 1
 ])
 def test_promotion_takes_the_median_copy_of_the_best_dataset(copies, median):
-    best, copy = promote([[-1.0] * len(copies), copies])
+    best, copy = best_copy([[-1.0] * len(copies), copies])
     assert (best, copy) == (1, median)
 
 
 def test_promotion_among_tied_copies_takes_one_with_the_median_reward():
     # three copies tie at the median value; any of them is the median copy, never copy 3 (0.9)
-    best, copy = promote([[0.2, 0.5, 0.5, 0.9, 0.5]])
+    best, copy = best_copy([[0.2, 0.5, 0.5, 0.9, 0.5]])
     assert best == 0 and copy in (1, 2, 4)
 
 
 def test_promotion_among_tied_datasets_takes_the_first():
-    assert promote([[0.1, 0.3], [0.3, 0.1], [0.2, 0.2]])[0] == 0
+    assert best_copy([[0.1, 0.3], [0.3, 0.1], [0.2, 0.2]])[0] == 0
 
 
 def test_a_promotion_needs_a_full_window():
@@ -240,11 +240,11 @@ def run_scripted(method, shared, monkeypatch, tmp_path, **settings):
         seen["q_r"].append(problems)
         return 0.5
     monkeypatch.setattr(train, "spread_greedy_accuracy", baseline_accuracy)
-    monkeypatch.setattr(train, "graded_measures",  # the baseline's other measures
-                        lambda *args: {"sampled": 0.25, "solution": -3.0})
+    monkeypatch.setattr(train, "progress_measures",  # the baseline's other measures
+                        lambda *args, known: known | {"sampled": 0.25, "solution": -3.0})
     # the intrinsic teacher's reward: learnability, here the same high value at every step
     monkeypatch.setattr(train, "intrinsic_rewards",
-                        lambda w, datasets, unit, times: ([[0.5]] * len(datasets), {}, {}))
+                        lambda w, datasets, unit, times: [[0.5]] * len(datasets))
     state = run_teacher(w, method, 0, tmp_path)
     load_adapter_state(model, "student", base)
     rows = read_jsonl(tmp_path / "metrics.jsonl")

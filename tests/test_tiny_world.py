@@ -16,7 +16,7 @@ import student
 import teacher
 from tiny import model as tiny_model
 from tiny import world as tiny_world
-from models import encode_prompt, plain_frame
+from sampler import encode_prompt, plain_frame
 
 TOY_BUILD = tiny_model.BUILD | {"steps": 4, "batch_size": 8, "vocab_size": 300, "hidden_size": 16,
                                 "intermediate_size": 32, "num_hidden_layers": 1,
@@ -197,7 +197,35 @@ def test_cache_key_is_deterministic_and_covers_seed_and_settings(tmp_path, monke
     assert key == tiny_model.build_key(0, dict(tiny_model.BUILD))
     assert key != tiny_model.build_key(1, tiny_model.BUILD)
     assert key != tiny_model.build_key(0, tiny_model.BUILD | {"steps": 1})
-    assert tiny_model.model_dir(0, tiny_model.BUILD).is_relative_to(tmp_path)
+    assert tiny_model.cache_dir(0, tiny_model.BUILD).is_relative_to(tmp_path)
+
+
+def test_the_shipped_model_is_the_current_settings_build_and_loads_without_building(tmp_path,
+                                                                                   monkeypatch):
+    """tiny/pretrained is what `python train.py` runs: a change to a build setting or a prompt
+    that is not shipped again (`python -m tiny.model --ship`) fails here."""
+    monkeypatch.setenv("SOAR_CACHE", str(tmp_path))  # an empty cache: nothing may be built into it
+    assert tiny_model.shipped_key() == tiny_model.build_key(0, tiny_model.BUILD)
+    assert tiny_model.tiny_model_path(0, progress=False) == tiny_model.SHIPPED
+    hard_train, hard_test = tiny_model.tiny_hard_set(0, progress=False)
+    stats = json.loads((tiny_model.hard_dir(0) / "stats.json").read_text())
+    assert (len(hard_train), len(hard_test)) == (stats["n_train"], stats["n_test"])
+    assert all(tiny_world.is_quick(p["problem"]) and "solution" in p for p in hard_train + hard_test)
+    assert not any(tmp_path.iterdir())
+    assert tiny_model.model_dir(1, tiny_model.BUILD).is_relative_to(tmp_path)  # another seed: built
+
+
+def test_the_builder_command_builds_the_changed_world_and_ships_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SOAR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tiny_model, "BUILD", TOY_BUILD)
+    monkeypatch.setattr(tiny_model, "HARD", tiny_model.HARD | {"candidates_per_digit": 8, "k": 4})
+    monkeypatch.setattr(tiny_model, "SHIPPED", tmp_path / "pretrained")
+    tiny_model.main(["--ship"])
+    assert tiny_model.model_dir(0, TOY_BUILD) == tmp_path / "pretrained"
+    assert (tiny_model.hard_dir(0) / "stats.json").exists()
+    assert "shipped" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="usage"):
+        tiny_model.main(["--shpi"])
 
 
 def test_toy_build_saves_a_loadable_deterministic_model(tmp_path, monkeypatch):

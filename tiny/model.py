@@ -1,9 +1,13 @@
 """The `tiny` model: a small Llama pretrained from scratch on the tiny world, and its hard set.
 
-`tiny_model_path(seed)` returns a Hugging Face format directory (model + tokenizer) that it builds
-on first use and caches under $SOAR_CACHE or ~/.cache/soar, keyed by a hash of every build setting
-(the prompts included), so that changing anything rebuilds. The corpus uses the exact prompts of
-the loop (`models.encode_prompt` with `student.student_message` / `teacher.TEACHER_INSTRUCTION`),
+`tiny_model_path(seed)` returns a Hugging Face format directory (model + tokenizer). The build of
+seed 0 ships with the project in tiny/pretrained/, its hard set beside it, so every machine runs
+the same model (a build is not bit-identical across CPUs). Any other build, e.g. after a change to
+a setting or a prompt, is made on first use and cached under $SOAR_CACHE or ~/.cache/soar, keyed
+by a hash of every build setting (the prompts included), so that changing anything rebuilds.
+`python -m tiny.model` builds the current settings' model and hard set in the cache; with
+`--ship` it also replaces tiny/pretrained/ with them. The corpus uses the exact prompts of
+the loop (`sampler.encode_prompt` with `student.student_message` / `teacher.TEACHER_INSTRUCTION`),
 so the pretrained model is already a student and a teacher:
 - as student it works out sums of 1-5 digits column by column, except that sums asked "quickly"
   it answers in one go the more often the longer they are, always at 5 digits, and a long sum
@@ -21,6 +25,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +40,8 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llam
 import student
 import teacher
 from data.hard import build_hard
-from models import cache_root, encode_prompt, plain_frame
+from models import cache_root
+from sampler import encode_prompt, plain_frame
 from run_dir import read_jsonl
 from tiny import world
 
@@ -79,8 +85,23 @@ def build_key(seed: int, build: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def model_dir(seed: int, build: dict) -> Path:
+SHIPPED = Path(__file__).resolve().parent / "pretrained"
+
+
+def cache_dir(seed: int, build: dict) -> Path:
     return cache_root() / "tiny" / f"seed{seed}-{build_key(seed, build)}"
+
+
+def model_dir(seed: int, build: dict) -> Path:
+    """Where the model of (seed, build) lives: tiny/pretrained/ when that is its build, else the cache."""
+    return SHIPPED if shipped_key() == build_key(seed, build) else cache_dir(seed, build)
+
+
+def shipped_key() -> str | None:
+    try:
+        return json.loads((SHIPPED / "build.json").read_text())["key"]
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 # ---- corpus ------------------------------------------------------------------------------------
@@ -221,7 +242,8 @@ def _build_model(out_dir: Path, seed: int, build: dict, progress: bool) -> None:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "build.json").write_text(json.dumps(
-        {"seed": seed, "build": build, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+        {"seed": seed, "key": build_key(seed, build), "build": build,
+         "final_loss": sum(losses[-50:]) / len(losses[-50:]),
          "build_seconds": round(time.perf_counter() - start, 1)},
         indent=1))
 
@@ -233,8 +255,9 @@ def tiny_model_path(seed: int = 0, progress: bool = True) -> Path:
 
 
 def built_model_dir(seed: int, build: dict, progress: bool) -> Path:
-    """The cached model of (seed, build), built if missing: beside its place and renamed into it,
-    so a killed build never looks finished and two builds at once both end with one whole model."""
+    """The model of (seed, build), the shipped one or else the cached one, built if missing: beside
+    its place and renamed into it, so a killed build never looks finished and two builds at once
+    both end with one whole model."""
     path = model_dir(seed, build)
     if not (path / "config.json").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,7 +288,7 @@ def hard_dir(seed: int) -> Path:
 
 
 def tiny_hard_set(seed: int = 0, progress: bool = True) -> tuple[list[dict], list[dict]]:
-    """(hard_train, hard_test) of the tiny model of this seed, built with build_hard.py."""
+    """(hard_train, hard_test) of the tiny model of this seed, built with data/hard.py's filter."""
     path = tiny_model_path(seed, progress)
     out_dir = hard_dir(seed)
     if not (out_dir / "stats.json").exists():  # written last: its presence means a finished build
@@ -281,3 +304,33 @@ def tiny_hard_set(seed: int = 0, progress: bool = True) -> tuple[list[dict], lis
     # each with the worked solution the student writes, for --reward-measure solution
     return tuple([{**row, "solution": world.solution(row["problem"])} for row in read_jsonl(out_dir / name)]
                  for name in ("hard_train.jsonl", "hard_test.jsonl"))
+
+
+# ---- the builder's command ---------------------------------------------------------------------
+
+def ship(seed: int = 0) -> Path:
+    """Replace tiny/pretrained/ with the cached build of the current settings and its hard set."""
+    source = cache_dir(seed, BUILD)
+    if not (source / "config.json").exists():
+        raise FileNotFoundError(f"no build of the current settings in {source}: run `python -m tiny.model`")
+    shutil.rmtree(SHIPPED, ignore_errors=True)
+    shutil.copytree(source, SHIPPED)
+    info = json.loads((SHIPPED / "build.json").read_text())
+    (SHIPPED / "build.json").write_text(json.dumps({**info, "key": build_key(seed, BUILD)}, indent=1))
+    return SHIPPED
+
+
+def main(argv: list[str]) -> None:
+    """`python -m tiny.model [--ship]`: build the current settings' model and hard set in the
+    cache (minutes), print their sizes, and with --ship make them the shipped ones."""
+    if argv not in ([], ["--ship"]):
+        raise SystemExit("usage: python -m tiny.model [--ship]")
+    path = built_model_dir(0, BUILD, progress=True)
+    train, test = tiny_hard_set(0)
+    print(f"model {path}: hard train {len(train)}, hard test {len(test)} problems")
+    if argv == ["--ship"]:
+        print(f"shipped: {ship(0)} (commit it)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

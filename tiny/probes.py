@@ -42,10 +42,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import config
 import student
 from parallel import generators
-from report import mean_ci
-from models import activate, adapter_state, encode_prompt, load_adapter_state, load_model, make_optimizer
+from summary import mean_ci
+from models import activate, adapter_state, load_adapter_state, load_model, make_optimizer
 from rewards import extract_boxed
-from sampler import decode, sample
+from sampler import decode, encode_prompt, sample
 from student import encode_problems, greedy_accuracy, train_student
 from run_dir import complete_rows
 from teacher import (TEACHER_INSTRUCTION, by_length, sample_pairs, split_datasets, teacher_update,
