@@ -7,6 +7,7 @@ the machine's own matmul throughput that decoding reaches. Prints one table.
     python bench.py --metrics runs/x/seed0/soar/metrics.jsonl   # add a SOAR step's phases
     python bench.py --memory small      # predicted GPU memory of a preset, measured on the CPU
     python bench.py --gpu-check         # on a lent GPU machine: those predictions measured (gpu_check.py)
+    python bench.py --decode-proxy      # the sampler's two decoders where a step is all overhead
 
 Workload (the student's rollouts): --prompts questions x --group samples at temperature 1, up to
 --max-new-tokens. Useful tokens are the tokens before EOS: `generate` keeps decoding rows that
@@ -83,6 +84,10 @@ def parse_args(argv=None):
                    "from its per-layer and logits costs measured on the CPU at its true width")
     p.add_argument("--checkpointing", action="store_true", help="recompute layers in the RLOO step's backward")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decode-proxy", action="store_true", help="instead: the dynamic decoder against the "
+                   "static one (sampler.sample_chunk_static) on a random Llama of the presets' depth (28 "
+                   "layers) and a toy width (64), where a decode step's time is nearly all per-step "
+                   "overhead; --prompts x --group rows, --max-new-tokens, --repeats")
     p.add_argument("--gpu-check", action="store_true", help="instead: the prepared check for a lent GPU machine "
                    "(gpu_check.py): the presets' peak memory, decode speed against the bandwidth bound, a "
                    "tiny-world outer step; one table and one JSON file in at most 8 minutes; needs CUDA")
@@ -502,6 +507,54 @@ def memory_report(preset: str) -> None:
         for mb in (1, 2, 4, 8, 16, 32)) + " (checkpointing off / on)")
 
 
+# ---- the two decoders where a step is all overhead ----------------------------------------------
+
+PROXY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=28, num_attention_heads=4,
+                   num_key_value_heads=2)
+
+
+def decode_proxy(args) -> None:
+    """Today's decoder (`sample_chunk`: a growing cache, finished rows dropped) against the static
+    one (`sample_chunk_static`: a preallocated cache, fixed buckets, the draw on the device), on
+    the same rows and seeds, interleaved; both adapters attached as in a run. On a CPU this
+    measures what each path costs per step without a CUDA graph; the graph is what the static
+    path's fixed shapes are for."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    path = random_model_dir(Path(tempfile.mkdtemp(prefix="bench-proxy-")), args.mean_len, **PROXY_SHAPE)
+    model, tokenizer = models.load_model(str(path), "none", lora_rank=args.lora_rank,
+                                         lora_alpha=2 * args.lora_rank, device=device.type)
+    models.activate(model, "student")
+    rng = random.Random(args.seed)
+    prompts = [[1] + [rng.randrange(4, RANDOM_VOCAB) for _ in range(rng.randint(8, 24))]
+               for _ in range(args.prompts)]
+    eos, pad_id = sampler.eos_ids(tokenizer, model), tokenizer.pad_token_id
+    totals = {False: [0, 0.0], True: [0, 0.0]}
+    same = True
+    for repeat in range(args.repeats + 1):  # the first round warms up, untimed
+        outputs = {}
+        for static in (False, True):
+            gen = torch.Generator().manual_seed(args.seed + repeat)
+            r, seconds = timed_call(lambda: sampler.sample(
+                model, prompts, n=args.group, max_new_tokens=args.max_new_tokens, temperature=1.0,
+                eos_token_ids=eos, pad_token_id=pad_id, batch_size=args.prompts * args.group,
+                generator=gen, static=static), device)
+            outputs[static] = r.completion_ids
+            if repeat:
+                totals[static][0] += sum(map(len, r.completion_ids))
+                totals[static][1] += seconds
+        same &= outputs[False] == outputs[True]
+    rows = [[name, f"{tokens:,}", f"{seconds:.2f} s", f"{tokens / seconds:,.0f}"]
+            for name, (tokens, seconds) in (("dynamic (today)", totals[False]),
+                                            ("static", totals[True]))]
+    print(f"decode proxy on {device}: {PROXY_SHAPE['num_hidden_layers']} layers, width "
+          f"{PROXY_SHAPE['hidden_size']}, {args.prompts * args.group} rows, up to "
+          f"{args.max_new_tokens} tokens, {args.repeats} repeats, {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print_table(["decoder", "tokens", "time", "tokens/s"], rows)
+    print(f"- static / dynamic tokens/s: {totals[True][0] / totals[True][1] / (totals[False][0] / totals[False][1]):.2f}x")
+    print(f"- the same tokens from both decoders: {same}")
+
+
 # ---- main ---------------------------------------------------------------------------------------
 
 
@@ -514,6 +567,8 @@ def main(argv=None):
         return
     if args.memory:
         return memory_report(args.memory)
+    if args.decode_proxy:
+        return decode_proxy(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     if args.model == "auto":

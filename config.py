@@ -1,7 +1,7 @@
 """The settings every script reads: `Config` (each setting a flag with its help), the presets,
 the list of methods, and the command line of a run with its validation.
 
-train.py, bench.py, build_hard.py and tiny/probes.py read their settings here, so no script
+train.py, bench.py, build_hard.py and probes.py read their settings here, so no script
 imports another. A preset names the model it loads and changes defaults only: a flag given on
 the command line always wins.
 """

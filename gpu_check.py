@@ -175,11 +175,29 @@ class Check:
         free_memory(self.device)
         self.save()
 
+    def summary(self) -> dict:
+        """The figures that runs on other cards and other commits compare, None where not measured."""
+        presets = {}
+        for preset in PRESET_MODELS:
+            facts = self.facts.get(preset, {})
+            peaks = {r.what: r.values.get("peak_gib") for r in self.rows
+                     if r.part == preset and "peak_gib" in r.values}
+            # no part times a whole outer step of a preset: its projection from the measured rates
+            projected = [r.values["minutes"] * 60 for r in self.rows
+                         if r.part == preset and "minutes" in r.values]
+            presets[preset] = {
+                "decode_tok_s": {"eager": facts.get("decode_tokens_per_s"),
+                                 "fast": facts.get("static_decode_tokens_per_s")},
+                "train_tok_s": {"before": facts.get("train_tokens_per_s"), "after": None},
+                "outer_step_s": None, "outer_step_s_projected": projected[0] if projected else None,
+                "peak_gib": peaks}
+        return {"card": self.facts.get("device"), "presets": presets}
+
     def save(self) -> None:
         report = {"written": time.strftime("%Y-%m-%d %H:%M:%S"), "dry_run": self.dry, "device": self.facts.get("device", str(self.device)),
                   "weights": self.quant, "weights_why": self.quant_why, "versions": versions(),
                   "wall_s": round(time.monotonic() - self.start, 1), "part_seconds": self.part_seconds,
-                  "rows": [dataclasses.asdict(r) for r in self.rows]}
+                  "summary": self.summary(), "rows": [dataclasses.asdict(r) for r in self.rows]}
         self.json_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.json_path.with_name(self.json_path.name + ".tmp")
         tmp.write_text(json.dumps(report, indent=1))
@@ -416,10 +434,10 @@ def decode_part(check: Check, preset: str) -> None:
     rows = len(prompts) * group
     never = [model.config.vocab_size]  # a stop id no row can draw: every row decodes `length` tokens
 
-    def ours(tokens):
+    def ours(tokens, static=False):
         return sampler.sample(model, prompts, n=group, max_new_tokens=tokens, temperature=1.0,
                               eos_token_ids=never, pad_token_id=0, batch_size=rows,
-                              generator=torch.Generator().manual_seed(0))
+                              generator=torch.Generator().manual_seed(0), static=static)
 
     def theirs(tokens):
         return measure.hf_generate(model, prompts, n=group, max_new_tokens=tokens, temperature=1.0,
@@ -444,7 +462,9 @@ def decode_part(check: Check, preset: str) -> None:
              retries.note() + f"{rows} rows ({len(prompts)} prompts x {group}) of {prompt_len} + {length} "
              f"tokens", rows=rows)
     rates = {}
-    for name, fn, seconds in (("sampler", ours, (prefill, total)), ("model.generate", theirs, None)):
+    static = lambda tokens: ours(tokens, static=True)  # noqa: E731
+    for name, fn, seconds in (("sampler", ours, (prefill, total)), ("sampler, static", static, None),
+                              ("model.generate", theirs, None)):
         check.doing = f"decoding, {name}"
         if seconds is None:
             with torch.no_grad():
@@ -453,7 +473,8 @@ def decode_part(check: Check, preset: str) -> None:
                            measure.timed_call(lambda: fn(length), check.device)[1])
         rates[name] = rows * (length - 1) / max(seconds[1] - seconds[0], 1e-9)
         share = f"{rates[name] / bound:.0%} of the bound" if bound else "no bandwidth measured"
-        vs = "" if name == "sampler" else f"; sampler / generate {rates['sampler'] / rates[name]:.2f}x"
+        vs = {"sampler": "", "sampler, static": f"; static / sampler {rates[name] / rates['sampler']:.2f}x",
+              "model.generate": f"; sampler / generate {rates['sampler'] / rates[name]:.2f}x"}[name]
         check.add(preset, f"decode tok/s, {name}", f"{rates[name]:.0f} tok/s",
                   f"bound {bound:.0f} tok/s" if bound else "",
                   f"{share}: {step_bytes / GIB:.2f} GiB read a step (weights {weights['base'] / GIB:.2f}, "
@@ -461,6 +482,7 @@ def decode_part(check: Check, preset: str) -> None:
                   f"{seconds[1]:.2f} s, prefill {seconds[0]:.2f} s{vs}",
                   tokens_per_s=rates[name], bound_tokens_per_s=bound, step_bytes=step_bytes)
     check.facts[preset]["decode_tokens_per_s"] = rates["sampler"]
+    check.facts[preset]["static_decode_tokens_per_s"] = rates["sampler, static"]
 
 
 def projection(check: Check, preset: str) -> None:

@@ -17,8 +17,9 @@ RANDOM_VOCAB = 1000
 PROMPT_TOKENS = 160  # a chat-templated student prompt with a MATH problem (upper end); teacher's ~110
 
 
-def random_model_dir(out: Path, mean_len: int) -> Path:
-    """A random Llama with a word-level tokenizer, saved in HF format; its stop set is EOS-heavy."""
+def random_model_dir(out: Path, mean_len: int, **shape) -> Path:
+    """A random Llama with a word-level tokenizer, saved in HF format; its stop set is EOS-heavy.
+    `shape` overrides RANDOM_CONFIG (e.g. num_hidden_layers)."""
     specials = ["<pad>", "<s>", "</s>", "<unk>"]
     vocab = {t: i for i, t in enumerate(specials + [f"w{i}" for i in range(RANDOM_VOCAB - len(specials))])}
     tok = Tokenizer(tokenizer_models.WordLevel(vocab, unk_token="<unk>"))
@@ -26,7 +27,8 @@ def random_model_dir(out: Path, mean_len: int) -> Path:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                         pad_token="<pad>", unk_token="<unk>")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=RANDOM_VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0, **RANDOM_CONFIG)
+    config = LlamaConfig(vocab_size=RANDOM_VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                         **(RANDOM_CONFIG | shape))
     model = LlamaForCausalLM(config)
     stop_ids = [2] + list(range(len(specials), len(specials) + RANDOM_VOCAB // mean_len - 1))
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=stop_ids, pad_token_id=0)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
 
 @dataclass
@@ -88,8 +88,9 @@ def check_sample_args(prompt_ids, n, max_new_tokens, temperature, eos_token_ids,
 def sample(model, prompt_ids: list[list[int]], *, n: int = 1, max_new_tokens: int,
            temperature: float = 1.0, eos_token_ids: list[int], pad_token_id: int,
            batch_size: int = 64, generator: torch.Generator | None = None,
-           progress: str | None = None) -> Rollouts:
-    """n completions per prompt; row i*n+j of the result is sample j of prompt i. Temperature 0 is greedy."""
+           progress: str | None = None, static: bool = False) -> Rollouts:
+    """n completions per prompt; row i*n+j of the result is sample j of prompt i. Temperature 0 is
+    greedy. `static` decodes with `sample_chunk_static` (the same tokens, in fixed shapes)."""
     check_sample_args(prompt_ids, n, max_new_tokens, temperature, eos_token_ids, batch_size)
     prompt_of_row = [i for i in range(len(prompt_ids)) for _ in range(n)]
     completions, logprobs, finished = [], [], []
@@ -105,8 +106,9 @@ def sample(model, prompt_ids: list[list[int]], *, n: int = 1, max_new_tokens: in
                 # An out-of-memory chunk is retried in halves from the same generator state: no row is lost.
                 state = generator.get_state() if generator is not None else None
                 try:
-                    c, lp, f = sample_chunk(model, prompt_ids, chunk, max_new_tokens, temperature,
-                                            eos_token_ids, pad_token_id, generator)
+                    c, lp, f = (sample_chunk_static if static else sample_chunk)(
+                        model, prompt_ids, chunk, max_new_tokens, temperature, eos_token_ids,
+                        pad_token_id, generator)
                 except torch.OutOfMemoryError:
                     c = OOM  # halved outside the handler, once its traceback's tensors are freed
                 if c is OOM:
@@ -236,6 +238,106 @@ def sample_chunk(model, prompt_ids, prompt_of_row, max_new_tokens, temperature, 
     logprobs = [token_logprobs[r, :lengths[r]].clone() for r in range(rows)]
     finished = [c[-1] in eos_token_ids for c in completions]
     return completions, logprobs, finished
+
+
+# Row buckets of the static decoder: a batch keeps its width until its live rows fit the next one
+BUCKETS = (256, 128, 64, 32, 16, 8)
+
+
+def bucket_of(rows: int) -> int:
+    """The smallest bucket that holds `rows` rows (or `rows` itself, beyond the largest)."""
+    return min([b for b in BUCKETS if b >= rows], default=rows)
+
+
+def sample_chunk_static(model, prompt_ids, prompt_of_row, max_new_tokens, temperature,
+                        eos_token_ids, pad_token_id, generator, check_every: int = 8):
+    """`sample_chunk`'s rollouts, decoded as a GPU wants them: a KV cache preallocated for the
+    whole rollout (StaticCache), a batch whose width changes only at a few bucket sizes (a
+    finished row rides along until the live rows fit the next bucket), the next token drawn on
+    the device, and finishing checked every `check_every` steps instead of every step, so that
+    a decode step has fixed shapes and needs no host sync.
+
+    The draws are sample_chunk's: it takes one uniform number per decoding row and step, in row
+    order, from `generator`. Here the rollout's whole block is drawn up front, each decoding
+    row picks its own number by counting the decoding rows before it, and the generator is then
+    left where sample_chunk leaves it (a CPU generator's stream splits exactly: rand(a) then
+    rand(b) is rand(a + b)). So a seed gives the same tokens on either path.
+    """
+    device = model_device(model)
+    rows, distinct = len(prompt_of_row), sorted(set(prompt_of_row))
+    width = max(len(prompt_ids[i]) for i in distinct)
+    ids, mask = left_pad([prompt_ids[i] for i in distinct], pad_token_id, device)
+    cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
+    cache_arg = {cache_kwarg(model): cache}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                **cache_arg, use_cache=True, logits_to_keep=1)
+    slot = {prompt: k for k, prompt in enumerate(distinct)}
+    row_to_prefill = torch.tensor([slot[i] for i in prompt_of_row], device=device)
+    select_rows(cache, row_to_prefill)
+    logits, mask = out.logits[:, -1][row_to_prefill], mask[row_to_prefill]
+    # the attention mask of the whole rollout: a column is switched on as its token is fed
+    mask = torch.cat([mask, mask.new_zeros(rows, max_new_tokens)], 1)
+    next_position = mask.sum(-1)
+
+    state = generator.get_state() if generator is not None else None
+    uniforms = None if temperature == 0 else torch.rand(
+        rows * max_new_tokens, generator=generator,
+        device=generator.device if generator is not None else "cpu").to(device)
+    used = torch.zeros((), dtype=torch.long, device=device)  # uniforms taken so far
+    tokens = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    token_logprobs = torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=device)
+    lengths = torch.full((rows,), max_new_tokens, dtype=torch.long, device=device)
+    live = torch.arange(rows, device=device)  # which chunk row each batch row is
+    decoding = torch.ones(rows, dtype=torch.bool, device=device)
+    eos = torch.tensor(eos_token_ids, device=device)
+    for step in range(max_new_tokens):
+        if temperature == 0:
+            drawn = logits.argmax(-1)
+        else:  # decoding row i takes uniform number `used + (decoding rows before i)`
+            pick = (used + decoding.long().cumsum(0) - 1).clamp(0, len(uniforms) - 1)
+            cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(-1)
+            drawn = torch.searchsorted(cdf, uniforms[pick][:, None] * cdf[:, -1:]).squeeze(-1)
+            used += decoding.sum()
+        token = torch.where(decoding, drawn, pad_token_id)
+        logprob = torch.log_softmax(logits.float(), -1).gather(-1, drawn[:, None]).squeeze(-1)
+        tokens[live, step] = torch.where(decoding, drawn, tokens[live, step])
+        token_logprobs[live, step] = torch.where(decoding, logprob, token_logprobs[live, step])
+        if step == max_new_tokens - 1:
+            break
+        done = decoding & torch.isin(token, eos)
+        lengths[live] = torch.where(done, step + 1, lengths[live])
+        decoding &= ~done
+        if (step + 1) % check_every == 0:  # the one host sync: stop, or move to a smaller bucket
+            still = int(decoding.sum())
+            if still == 0:
+                break
+            if bucket_of(still) < len(live):
+                keep = torch.cat([decoding.nonzero().squeeze(-1), (~decoding).nonzero().squeeze(-1)])
+                keep = keep[:bucket_of(still)].sort().values
+                select_rows(cache, keep)
+                live, token, mask, next_position, decoding = (
+                    live[keep], token[keep], mask[keep], next_position[keep], decoding[keep])
+        mask[:, width + step] = 1
+        out = model(input_ids=token[:, None], attention_mask=mask[:, :width + step + 1],
+                    position_ids=next_position[:, None], **cache_arg, use_cache=True)
+        logits = out.logits[:, -1]
+        next_position = next_position + 1
+    if uniforms is not None and generator is not None:  # leave the generator as sample_chunk does
+        generator.set_state(state)
+        torch.rand(int(used), generator=generator, device=generator.device)
+
+    tokens, token_logprobs, lengths = tokens.cpu(), token_logprobs.cpu(), lengths.tolist()
+    completions = [tokens[r, :lengths[r]].tolist() for r in range(rows)]
+    logprobs = [token_logprobs[r, :lengths[r]].clone() for r in range(rows)]
+    finished = [c[-1] in eos_token_ids for c in completions]
+    return completions, logprobs, finished
+
+
+def select_rows(cache: StaticCache, rows: torch.Tensor) -> None:
+    """Keep these batch rows of a static cache, in this order (StaticLayer has no batch_select)."""
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[rows], layer.values[rows]
+        layer.batch_size = len(rows)
 
 
 def cache_kwarg(model) -> str:

@@ -74,18 +74,19 @@ def outer_step(w: World, method: str, seed: int, step: int, state: dict, optimiz
             step_log["copy_rewards"] = copy_rewards | {"baseline": baseline}
         else:
             rewards, copies = intrinsic_rewards(w, datasets, unit, times), {}
+        dataset_rewards = [statistics.mean(r) for r in rewards]  # R_k: the mean over its copies
+        step_log["rewards"] = dataset_rewards
         # 4. promotion: the median copy of the best dataset becomes the baseline, X_k* joins PQ
         state["window"], step_log["moving_avg"], due = update_window(
-            state["window"], statistics.mean(map(statistics.mean, rewards)), w.cfg.ma_window, w.cfg.tau)
+            state["window"], statistics.mean(dataset_rewards), w.cfg.ma_window, w.cfg.tau)
         step_log["promoted"] = promote(w, state, rewards, copies, datasets, step) if (
             method == "soar" and due) else None
         # 5. the teacher's RLOO update across the g datasets
-        step_log["update_rewards"] = teacher_rewards(w.cfg, rewards, unit)
+        step_log["update_rewards"] = teacher_rewards(w.cfg, dataset_rewards, unit)
         with timed(times, "train"):
             step_log["update"] = teacher_update(
                 w.model, w.tokenizer, optimizer, scheduler, datasets, step_log["update_rewards"],
                 w.cfg) if w.procs.main else {}
-        step_log["rewards"] = [statistics.mean(r) for r in rewards]
     state["teacher"] = adapter_state(w.model, "teacher")
     state["step"] = step + 1
     if not w.procs.main:
@@ -212,13 +213,12 @@ def promote(w: World, state: dict, rewards, copies: dict, datasets, step: int) -
     return best
 
 
-def teacher_rewards(cfg: Config, rewards: list[list[float]], unit: tuple) -> list[float]:
+def teacher_rewards(cfg: Config, dataset_rewards: list[float], unit: tuple) -> list[float]:
     """What the teacher's update is given: each dataset's reward, or with --teacher-rewards
     shuffled the same rewards permuted across the datasets (the control)."""
-    dataset_rewards = [statistics.mean(r) for r in rewards]
     if cfg.teacher_rewards == "measured":
         return dataset_rewards
-    order = torch.randperm(len(rewards), generator=generators(*unit, "shuffle")[0])
+    order = torch.randperm(len(dataset_rewards), generator=generators(*unit, "shuffle")[0])
     return [dataset_rewards[i] for i in order.tolist()]
 
 

@@ -9,6 +9,8 @@ is known. `tools/mutants.py` plants the bugs these tests exist to catch."""
 import contextlib
 import random
 import statistics
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 # Where each piece lives: the outer loop is train.py's, pass_at_k_result evaluate.py's, the
-# pass@k table report.py's, World parallel.py's and Config config.py's.
+# pass@k table summary.py's, World parallel.py's and Config config.py's.
 import evaluate as evaluation
 import models
 import student
@@ -31,6 +33,9 @@ from parallel import World
 from summary import pass_at_k_table
 from run_dir import read_jsonl
 from train import best_copy, grounded_rewards, run_teacher, update_window
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = "tests/test_rules.py"
 
 
 class OneProcess:
@@ -546,3 +551,14 @@ def test_the_pass_at_k_table_averages_each_method_over_its_seeds():
     assert table["base"]["1"]["mean"] == pytest.approx(0.2) and table["base"]["4"]["n_seeds"] == 3
     assert table["base"]["4"]["sd"] == pytest.approx(0.2)
     assert table["soar_pq"]["4"]["mean"] == pytest.approx(0.55) and table["soar_pq"]["4"]["n_seeds"] == 2
+
+
+# ---- the mutants (tools/mutants.py) stay planted where the code is ---------------------------------
+
+def test_every_mutant_still_finds_the_line_it_breaks():
+    """An edit that moves or rewrites a mutated line fails here, naming the mutant to re-point."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import mutants
+    assert mutants.stale(mutants.MUTANTS) == []
+    moved = mutants.Mutant("moved", "train.py", "a line no file has", "", "", (RULES,))
+    assert mutants.stale([moved]) == ["moved: its text is in train.py 0 times, not once: re-point it"]

@@ -402,3 +402,85 @@ def test_a_model_that_takes_the_cache_by_its_old_name_samples_the_same(llama, to
               pad_token_id=tokenizer.pad_token_id)
     assert (sampler.sample(_CacheByItsOldName(llama), prompts, **kw).completion_ids
             == sampler.sample(llama, prompts, **kw).completion_ids)
+
+
+# ---- the static decoder: the same rollouts in the fixed shapes a GPU wants ------------------------
+
+@pytest.fixture(scope="module")
+def tiny_lora(lm_dir):
+    """The toy tiny-world model (it answers and stops, unlike a random one) with both adapters,
+    each given its own non-zero LoRA weights, and its student prompts."""
+    from models import adapter_state, load_adapter_state, load_model
+    from student import student_message
+    model, tok = load_model(str(lm_dir), "none")
+    for k, role in enumerate(("student", "teacher")):
+        torch.manual_seed(k)
+        load_adapter_state(model, role, {n: torch.randn_like(p) * 0.005
+                                         for n, p in adapter_state(model, role).items()})
+    prompts = [sampler.encode_prompt(tok, student_message(f"Quickly, compute {a}+{b}."), False)
+               for a, b in ((1, 2), (123, 45), (98765, 4321), (7, 8), (55, 555))]
+    return model, tok, prompts
+
+
+def both_decoders(model, tok, prompts, temperature, **kw):
+    """(dynamic rollouts, static rollouts, the generator's next draws after each), same seed."""
+    out = []
+    for static in (False, True):
+        gen = torch.Generator().manual_seed(11)
+        r = sampler.sample(model, prompts, max_new_tokens=32, temperature=temperature, generator=gen,
+                           eos_token_ids=sampler.eos_ids(tok, model), pad_token_id=tok.pad_token_id,
+                           static=static, **kw)
+        out.append((r, torch.rand(4, generator=gen)))
+    return out
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_the_static_decoder_gives_the_dynamic_one_s_tokens_draws_and_generator_state(
+        tiny_lora, temperature, monkeypatch):
+    """40 rows: finished rows ride along until the live ones fit a smaller bucket (40 -> 32 -> ...),
+    rows finish inside a bucket, and both roles decode exactly as the dynamic decoder does."""
+    from models import activate
+    model, tok, prompts = tiny_lora
+    widths, real_select = [], sampler.select_rows
+    monkeypatch.setattr(sampler, "select_rows", lambda cache, rows: widths.append(len(rows)) or real_select(cache, rows))
+    for role in ("student", "teacher"):
+        activate(model, role)
+        (dyn, dyn_next), (static, static_next) = both_decoders(model, tok, prompts, temperature, n=8,
+                                                               batch_size=64)
+        assert static.completion_ids == dyn.completion_ids and static.finished == dyn.finished
+        for a, b in zip(static.logprobs, dyn.logprobs):
+            assert torch.allclose(a, b, atol=1e-4)
+        assert torch.equal(static_next, dyn_next)  # the generator is left where the dynamic one leaves it
+        lengths = sorted(map(len, dyn.completion_ids))
+        assert lengths[0] < lengths[-1] and any(dyn.finished)  # rows end at different steps
+    assert widths[0] == 40 and any(w < 40 for w in widths[1:])  # the prefill's copy, then a bucket shrink
+
+
+def test_the_static_decoder_sees_an_adapter_updated_between_two_calls(tiny_lora):
+    from models import activate, adapter_state, adapter_weights
+    model, tok, prompts = tiny_lora
+    activate(model, "student")
+    before = both_decoders(model, tok, prompts, 1.0, n=2)[1][0]
+    moved = {n: p + 0.2 for n, p in adapter_state(model, "student").items()}
+    with adapter_weights(model, "student", moved):
+        (dyn, _), (static, _) = both_decoders(model, tok, prompts, 1.0, n=2)
+    assert static.completion_ids == dyn.completion_ids != before.completion_ids
+
+
+@pytest.mark.slow
+def test_out_of_memory_in_the_static_decoder_halves_the_batch_and_loses_no_row(tiny_lora, monkeypatch):
+    model, tok, prompts = tiny_lora
+    # a chunk draws its rows' numbers step by step, so rows retried in chunks of 2 draw what
+    # chunks of 2 draw
+    expected = both_decoders(model, tok, prompts, 1.0, n=1, batch_size=2)[1]
+    real = sampler.sample_chunk_static
+
+    def small_memory(model, prompt_ids, prompt_of_row, *args):
+        if len(prompt_of_row) > 3:
+            raise torch.OutOfMemoryError("injected: CUDA out of memory")
+        return real(model, prompt_ids, prompt_of_row, *args)
+    monkeypatch.setattr(sampler, "sample_chunk_static", small_memory)
+    with pytest.warns(UserWarning, match="sampling 4 rows at once; retrying with 2"):
+        split = both_decoders(model, tok, prompts, 1.0, n=1, batch_size=4)[1]
+    assert split[0].completion_ids == expected[0].completion_ids
+    assert torch.equal(split[1], expected[1])

@@ -271,13 +271,13 @@ def write_logged_job(job: Path) -> None:
 
 
 def test_teacher_check_splits_each_step_s_valid_pairs_into_datasets_as_training_does(tmp_path):
-    from tiny.probes import dataset_stones_and_rewards
+    from probes import dataset_stones_and_rewards
     write_logged_job(tmp_path)
     assert dataset_stones_and_rewards(tmp_path, g=2, n=2) == [(1.0, 0.2), (0.0, -0.2), (0.5, 0.1), (0.0, 0.0)]
 
 
 def test_a_stepping_stone_share_is_the_product_of_its_three_choices():
-    from tiny.probes import stone_factors
+    from probes import stone_factors
     pairs = [{"problem": "Quickly, compute 12+30.", "answer": "42"},       # a stepping stone
              {"problem": "Quickly, compute 12+30.", "answer": "43"},       # its answer wrong
              {"problem": "Quickly, compute 12345+1.", "answer": "12346"},  # too long
@@ -290,13 +290,13 @@ def test_a_stepping_stone_share_is_the_product_of_its_three_choices():
 
 
 def test_the_factors_probe_names_the_directories_that_hold_no_teacher(tmp_path):
-    from tiny.probes import factor_trends
+    from probes import factor_trends
     with pytest.raises(SystemExit, match=f"no teacher's questions.jsonl in {tmp_path}"):
         factor_trends([tmp_path])
 
 
 def test_the_replay_oracle_pools_a_run_s_rewards_by_the_datasets_stepping_stones(tmp_path):
-    from tiny.probes import replayed_rewards, without_stones, write_dataset_rewards
+    from probes import replayed_rewards, without_stones, write_dataset_rewards
     (tmp_path / "config.json").write_text(json.dumps({"model": "tiny", "g": 2, "n": 2}))
     for seed in (0, 1):
         write_logged_job(tmp_path / f"seed{seed}" / "soar")
@@ -312,7 +312,7 @@ def test_the_replay_oracle_pools_a_run_s_rewards_by_the_datasets_stepping_stones
 
 
 def test_oracle_flags_are_taken_out_of_the_train_flags_and_checked():
-    from tiny.probes import take_flag
+    from probes import take_flag
     noise = lambda flags: take_flag(flags, "--noise", float, 0.0, lambda x: x >= 0, "an SD >= 0")
     assert noise(["--g", "8"]) == (0.0, ["--g", "8"])
     assert noise(["--g", "8", "--noise", "0.23", "--n", "4"]) == (0.23, ["--g", "8", "--n", "4"])
@@ -324,7 +324,7 @@ def test_oracle_flags_are_taken_out_of_the_train_flags_and_checked():
 @pytest.mark.parametrize("flags", [["--noise", "0.1", "--replay", "FILE"], ["--replay", "FILE", "--shuffle", "FILE"],
                                    ["--shuffle", "FILE", "--noise", "0.1"]])
 def test_the_oracle_refuses_two_reward_noises_before_it_loads_a_model(tmp_path, flags, monkeypatch):
-    from tiny import probes
+    import probes
     rewards = tmp_path / "dataset_rewards.jsonl"
     rewards.write_text('{"stones": 1, "reward": 0.1}\n')
     monkeypatch.setattr(probes, "probe_model", lambda *a: pytest.fail("loaded a model"))
@@ -334,7 +334,7 @@ def test_the_oracle_refuses_two_reward_noises_before_it_loads_a_model(tmp_path, 
 
 @pytest.mark.parametrize("probe", ["repeat", "measures"])
 def test_probes_refuse_a_run_whose_baseline_student_was_promoted(tmp_path, probe):
-    from tiny.probes import measure_tracking, reward_repeatability
+    from probes import measure_tracking, reward_repeatability
     job = tmp_path / "seed0" / "soar"
     job.mkdir(parents=True)
     (tmp_path / "config.json").write_text(json.dumps({**dataclasses.asdict(config.Config()), "g": 2, "n": 2}))

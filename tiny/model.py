@@ -17,7 +17,7 @@ so the pretrained model is already a student and a teacher:
   4 digits out inside the answer tag before the box, otherwise it guesses and is mostly wrong.
 `tiny_hard_set(seed)` keeps the hard candidates it solves 0 times in 128 samples
 (build_hard.py, the same fail@k filter as the real datasets), split 50/50 into hard train and
-hard test. `python -m tiny.probes` builds both and prints the measurements that show what the
+hard test. `python probes.py` builds both and prints the measurements that show what the
 world offers SOAR.
 """
 import hashlib
@@ -296,7 +296,7 @@ def tiny_hard_set(seed: int = 0, progress: bool = True) -> tuple[list[dict], lis
         tokenizer = AutoTokenizer.from_pretrained(path)
         # All k samples at once, in chunks of 8: the hard set every earlier build of this world
         # found (a builder in rounds draws other samples, so it would find another one), and
-        # exact solve counts for `python -m tiny.probes`; the tiny model takes a minute either way.
+        # exact solve counts for `python probes.py`; the tiny model takes a minute either way.
         build_hard(model, tokenizer, hard_candidates(seed), HARD["k"], out_dir=out_dir,
                    chat_template=False, max_new_tokens=HARD["max_new_tokens"],
                    batch_size=HARD["batch_size"], chunk_problems=8, all_k=True, seed=seed,

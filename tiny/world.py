@@ -17,7 +17,7 @@ for long sums (it adds long numbers only column by column): "quickly" 5-digit su
 answered in one go, and wrong, although the same sums asked plainly are worked out and right. Short
 "quickly" sums are the stepping stones: they are sometimes worked out, RL rewards the working, and
 the habit of answering in one go weakens for the long ones too (measured by
-`python -m tiny.probes`). Plain sums teach nothing: the student already works them out.
+`python probes.py`). Plain sums teach nothing: the student already works them out.
 The answer space grows as 10^digits, so a one-go guess does not hit a long sum by chance.
 
 Everything the loop and the analysis need about the domain lives here: the problem generator, the
@@ -81,7 +81,7 @@ def check_question(question: str, answer: str) -> dict:
 
 
 # "Quickly" sums this long with the right answer are what one student inner loop learns the hard
-# set from (measured by `python -m tiny.probes`: 0.19-0.24 hard-train greedy after 16 RLOO steps on
+# set from (measured by `python probes.py`: 0.19-0.24 hard-train greedy after 16 RLOO steps on
 # them, 0.00 on plain sums); 1-digit ones are already solved and 5-digit ones are the hard set.
 STEPPING_STONE_DIGITS = (2, 3, 4)
 

@@ -4,14 +4,17 @@
     python tools/mutants.py --list       # what each mutant breaks
     python tools/mutants.py grounded_sign promote_by_max   # only these
     python tools/mutants.py --slow       # also the mutants only slow end-to-end tests can catch
+    python tools/mutants.py --check      # only that every mutant still finds its line (instant)
 
 Each mutant is one textual edit of one file: the bug a contributor could plausibly write (a sign,
 an index, a strict inequality, a forgotten line). The tree (tracked and new files, as git sees
 them) is copied once into a temporary folder; each mutant is applied there, the few tests that
 should catch it run (`-x`, fast), and the file is restored. A mutant whose tests still pass
 *survived*: either a test is missing, or the mutant changes nothing that matters (docs/testing.md
-says which, for every survivor). A mutant whose text is no longer in its file is reported
-*stale*: the code moved, and the mutant must be re-pointed, not silently dropped.
+says which, for every survivor). A mutant whose text is no longer in its file, exactly once, is
+*stale*: the code moved, and the mutant must be re-pointed, not silently dropped. The test suite
+checks that on every run (`--check`, tests/test_rules.py), so an edit that moves a mutated line
+fails `make test` at once and names the mutant, instead of waiting for a mutants run.
 
 General mutation tools (mutmut, cosmic-ray) mutate every operator and rerun the whole suite per
 mutant: thousands of runs of an 8-minute suite. These ~25 targeted bugs with targeted tests take
@@ -60,7 +63,7 @@ MUTANTS = [
            "{m: baseline_measures[m] - v for m, v in measures.items()}",
            "baseline minus copy: the teacher is rewarded for datasets that hurt the student",
            (RULES, "-k", "grounded")),
-    Mutant("copy_index", "train.py", "results[k * w.cfg.r + j]", "results[j * len(datasets) + k]",
+    Mutant("copy_index", "train.py", "results[k * cfg.r + j]", "results[j * len(datasets) + k]",
            "copy (k, j) is given another copy's reward when r > 1",
            (RULES, "-k", "grounded")),
     Mutant("copy_starts_from_last_copy", "train.py",
@@ -74,7 +77,7 @@ MUTANTS = [
            "--copy-streams common gives every copy its own draws: no chance cancels",
            (RULES, "-k", "grounded")),
     Mutant("reward_measure_ignored", "train.py",
-           "return (by_measure[w.cfg.reward_measure], by_measure",
+           "return (by_measure[cfg.reward_measure], by_measure",
            "return (by_measure[\"greedy\"], by_measure",
            "--reward-measure sampled still rewards the teacher with greedy accuracy",
            (RULES, "-k", "grounded")),
@@ -107,30 +110,28 @@ MUTANTS = [
     Mutant("tau_not_strict", "train.py", "len(window) == size and moving_avg > tau",
            "len(window) == size and moving_avg >= tau", "a promotion at exactly tau",
            (RULES, "-k", "tau or promotion_happens")),
-    Mutant("window_not_reset", "train.py", "            state[\"window\"] = []\n", "",
+    Mutant("window_not_reset", "train.py", "state[\"window\"] = []  # later", "pass  # later",
            "the old baseline's rewards still count after a promotion", SCRIPTED),
-    Mutant("pq_from_other_dataset", "train.py", "\"step\": step} for p in datasets[best]]",
-           "\"step\": step} for p in datasets[0]]", "PQ gets the first dataset, not the promoted one",
+    Mutant("pq_from_other_dataset", "train.py", "for p in datasets[best]]",
+           "for p in datasets[0]]", "PQ gets the first dataset, not the promoted one",
            SCRIPTED),
-    Mutant("broadcast_from_main", "train.py", "src=procs.owner(best * cfg.r + copy))", "src=0)",
+    Mutant("broadcast_from_main", "train.py", "src=w.procs.owner(best * w.cfg.r + copy))", "src=0)",
            "the promoted copy is taken from process 0, which may not have trained it", SCRIPTED),
     Mutant("baseline_not_loaded_after_promotion", "train.py",
-           "                                                src=procs.owner(best * cfg.r + copy))\n"
-           "            load_adapter_state(model, \"student\", state[\"baseline\"])\n",
-           "                                                src=procs.owner(best * cfg.r + copy))\n",
+           "    load_adapter_state(w.model, \"student\", state[\"baseline\"])\n", "",
            "the next step's baseline accuracy is measured on the old student", SCRIPTED),
     Mutant("extra_steps_from_the_start", "train.py",
-           "(cfg.promotion_extra_steps if state[\"n_promotions\"] else 0)",
-           "cfg.promotion_extra_steps", "inner loops are lengthened before any promotion", SCRIPTED),
-    Mutant("intrinsic_promotes", "train.py", "if grounded and due:", "if due:",
+           "(w.cfg.promotion_extra_steps if state[\"n_promotions\"] else 0)",
+           "w.cfg.promotion_extra_steps", "inner loops are lengthened before any promotion", SCRIPTED),
+    Mutant("intrinsic_promotes", "train.py", "method == \"soar\" and due)", "due)",
            "the intrinsic teacher, which trains no student, tries to promote one",
            (RULES, "-k", "intrinsic")),
     Mutant("q_r_fixed", "train.py", "q_r = generators(*unit, \"q_r\")[1]",
            "q_r = generators(seed, \"q_r\")[1]", "the same Q_R at every step, not a fresh draw",
            (RULES, "-k", "q_r")),
     Mutant("no_extra_steps", "train.py",
-           "steps = cfg.inner_steps + (cfg.promotion_extra_steps if state[\"n_promotions\"] else 0)",
-           "steps = cfg.inner_steps", "inner loops are not lengthened after a promotion", SCRIPTED),
+           "steps = w.cfg.inner_steps + (w.cfg.promotion_extra_steps if state[\"n_promotions\"] else 0)",
+           "steps = w.cfg.inner_steps", "inner loops are not lengthened after a promotion", SCRIPTED),
     # -- the student's RLOO step and the policy gradient
     Mutant("student_advantage_sign", "student.py", "advantages = rloo_advantages(rewards).flatten()",
            "advantages = -rloo_advantages(rewards).flatten()", "the student learns its wrong answers",
@@ -154,12 +155,12 @@ MUTANTS = [
            "--teacher-advantage scaled never scales the teacher's advantages",
            (RULES, "-k", "leave_one_out_advantage")),
     Mutant("shuffled_control_not_shuffled", "train.py",
-           "update_rewards = [dataset_rewards[i] for i in order.tolist()]",
-           "update_rewards = [dataset_rewards[i] for i in sorted(order.tolist())]",
+           "return [dataset_rewards[i] for i in order.tolist()]",
+           "return [dataset_rewards[i] for i in sorted(order.tolist())]",
            "--teacher-rewards shuffled gives the update the measured rewards in their own order",
            (RULES, "-k", "shuffled")),
-    Mutant("shuffled_control_always", "train.py", 'if cfg.teacher_rewards == "shuffled":\n            order',
-           'if True:\n            order',
+    Mutant("shuffled_control_always", "train.py", 'if cfg.teacher_rewards == "measured":',
+           'if False:',
            "the teacher's update gets shuffled rewards in every run, not only in the control",
            (RULES, "-k", "rewarded_with_each_dataset")),
     Mutant("scaled_by_variance", "rewards.py", "return advantages / sd if", "return advantages / sd ** 2 if",
@@ -179,8 +180,8 @@ MUTANTS = [
            "kl_coef=cfg.kl_coef,", "the teacher's update takes the student's KL coefficient",
            (RULES, "-k", "leave_one_out_advantage")),
     # -- the model as the transformers versions requirements.txt allows load and run it
-    Mutant("cache_by_one_name", "sampler.py", "    cache_arg = {cache_kwarg(model): cache}",
-           "    cache_arg = {\"cache\": cache}",
+    Mutant("cache_by_one_name", "sampler.py", 'for name in ("cache", "past_key_values"):',
+           'for name in ("cache",):',
            "the sampler passes its KV cache by the newer name only: older 5.x forwards ignore it",
            ("tests/test_sampler.py", "-k", "cache")),
     Mutant("loaded_in_mixed_modes", "models.py", "    return model.eval(), tokenizer",
@@ -206,8 +207,8 @@ MUTANTS = [
            "logps.append(logp.sum(dim=1))", "a shorter solution's padding counts in its probability",
            ("tests/test_teacher_signal.py", "-k", "solution")),
     Mutant("baseline_without_graded_measures", "train.py",
-           "baseline_measures = {\"greedy\": baseline_acc, **graded_measures(",
-           "baseline_measures = {\"greedy\": baseline_acc, **dict(",
+           "    if method != \"soar\":\n        return {\"greedy\": greedy}\n",
+           "    return {\"greedy\": greedy}\n",
            "the baseline's sampled and solution measures are not measured", (RULES, "-k", "logs_every")),
     Mutant("linear_decay", "models.py", "return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))",
            "return 1 - min(1.0, progress)", "a linear decay instead of the cosine",
@@ -222,7 +223,7 @@ MUTANTS = [
            "statistics.mean(pass_at_k(cfg.eval_samples, c, k) for c in counts)",
            "pass_at_k(cfg.eval_samples, round(statistics.mean(counts)), k)",
            "pass@k of the average problem instead of the average of pass@k", (RULES, "-k", "pass_at_k")),
-    Mutant("table_of_one_seed", "report.py", "{k: mean_sd([r[k] for r in runs]) for k in runs[0]}",
+    Mutant("table_of_one_seed", "summary.py", "{k: mean_sd([r[k] for r in runs]) for k in runs[0]}",
            "{k: mean_sd([runs[-1][k]]) for k in runs[0]}", "the table shows the last seed, not the mean",
            (RULES, "-k", "pass_at_k")),
     # -- several fresh students, and a run's first steps re-run short (end to end)
@@ -231,7 +232,7 @@ MUTANTS = [
            "sample_teacher_questions(w, teacher, seed, name, seed_dir / job)",
            "every fresh student of a teacher trains on the same sample of its questions",
            ("tests/test_loop.py", "-k", "each_fresh_student"), slow=True),
-    Mutant("table_of_first_student", "report.py",
+    Mutant("table_of_first_student", "summary.py",
            "{k: statistics.mean(d[k] for d in done) for k in done[0]}", "{k: done[0][k] for k in done[0]}",
            "the table shows a method's first fresh student, not their mean",
            ("tests/test_report.py", "-k", "mean_of_its_fresh_students")),
@@ -258,6 +259,19 @@ def copy_tree(dest: Path) -> None:
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
+
+
+def stale(mutants: list[Mutant], root: Path = ROOT) -> list[str]:
+    """Why each mutant that cannot be planted as written cannot: its file or its test file is
+    gone, or its text is not in its file exactly once."""
+    problems = []
+    for m in mutants:
+        path, tests = root / m.file, root / m.tests[0].split("::")[0]
+        if not path.is_file() or not tests.is_file():
+            problems.append(f"{m.name}: {m.file if not path.is_file() else m.tests[0]} does not exist")
+        elif (count := path.read_text().count(m.old)) != 1:
+            problems.append(f"{m.name}: its text is in {m.file} {count} times, not once: re-point it")
+    return problems
 
 
 def pytest(tree: Path, args: tuple[str, ...]) -> tuple[int, str]:
@@ -287,12 +301,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--slow", action="store_true", help="also the mutants that need slow tests")
     parser.add_argument("--verbose", action="store_true", help="print the tests' output of survivors")
+    parser.add_argument("--check", action="store_true",
+                        help="only check that every mutant still finds its line, and exit")
     args = parser.parse_args(argv)
     unknown = set(args.names) - {m.name for m in MUTANTS}
     if unknown:
         parser.error(f"unknown mutants: {', '.join(sorted(unknown))}")
     chosen = [m for m in MUTANTS if (m.name in args.names) if args.names] or \
              [m for m in MUTANTS if args.slow or not m.slow]
+    if args.check:
+        problems = stale(MUTANTS)
+        print("\n".join(problems) or f"all {len(MUTANTS)} mutants find their lines")
+        return 1 if problems else 0
     if args.list:
         for m in chosen:
             print(f"{m.name:<40} {m.file:<11} {m.why}")
@@ -311,9 +331,9 @@ def main(argv: list[str]) -> int:
         for m in chosen:
             path = tree / m.file
             original = path.read_text()
-            if original.count(m.old) != 1:
+            if stale([m], tree):
                 results.append((m, "stale", 0.0))
-                print(f"{m.name:<40} stale: its text is in {m.file} {original.count(m.old)} times")
+                print(f"{m.name:<40} stale: {stale([m], tree)[0]}")
                 continue
             path.write_text(original.replace(m.old, m.new))
             start = time.monotonic()

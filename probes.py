@@ -1,14 +1,14 @@
 """Research probes of the tiny world: does it offer SOAR what the method needs? A run never
 imports this file.
 
-    python -m tiny.probes
-    python -m tiny.probes runs/RUN      # what a finished run's SOAR teachers learned
-    python -m tiny.probes oracle STEPS [--noise SD | --replay FILE | --shuffle FILE] [--seed S] [train.py flags]   # can the teacher learn from a perfect reward?
-    python -m tiny.probes rewards runs/RUN   # its datasets' stepping stones and rewards, for --replay
-    python -m tiny.probes repeat runs/RUN [DATASETS COPIES]   # how much of the reward is chance?
-    python -m tiny.probes chance COPIES [train.py flags]   # ... by random streams and measure
-    python -m tiny.probes measures runs/RUN SEED STEPS [--inner-steps N]   # which measure tracks a run's stones?
-    python -m tiny.probes factors runs/RUN [runs/RUN ...]   # which choice moved the teachers' stones?
+    python probes.py
+    python probes.py runs/RUN      # what a finished run's SOAR teachers learned
+    python probes.py oracle STEPS [--noise SD | --replay FILE | --shuffle FILE] [--seed S] [train.py flags]   # can the teacher learn from a perfect reward?
+    python probes.py rewards runs/RUN   # its datasets' stepping stones and rewards, for --replay
+    python probes.py repeat runs/RUN [DATASETS COPIES]   # how much of the reward is chance?
+    python probes.py chance COPIES [train.py flags]   # ... by random streams and measure
+    python probes.py measures runs/RUN SEED STEPS [--inner-steps N]   # which measure tracks a run's stones?
+    python probes.py factors runs/RUN [runs/RUN ...]   # which choice moved the teachers' stones?
 
 The first prints the base model's accuracy by phrasing and length, the hard set, whether short
 "quickly" sums are stepping stones to it (accuracy after a short supervised fine-tune on them,
@@ -539,7 +539,7 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
     reward's (`teacher_check` measures it); `--replay FILE` instead draws each dataset's reward
     from the rewards a finished run's datasets with as many stepping stones earned (its noise as
     it came: sparse, with rare large outliers; FILE is the run's dataset_rewards.jsonl, written
-    by `python -m tiny.probes rewards RUN`); `--shuffle FILE` draws them from all of FILE's
+    by `python probes.py rewards RUN`); `--shuffle FILE` draws them from all of FILE's
     rewards whatever the dataset's stepping stones: rewards of the same size with no signal, so
     the drift the update alone gives; `--seed S` draws another trajectory. The other
     flags are train.py's (--teacher-lr, --g, --n, --teacher-kl-coef, ...). It ends with the
@@ -547,7 +547,7 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
     --quality-samples more questions a step when given, as train.py measures it."""
     noise, flags = take_flag(flags, "--noise", float, 0.0, lambda x: x >= 0,
                              "a reward noise SD in share units (a number >= 0)")
-    rewards_file = "a dataset_rewards.jsonl file (python -m tiny.probes rewards RUN)"
+    rewards_file = "a dataset_rewards.jsonl file (python probes.py rewards RUN)"
     replay, flags = take_flag(flags, "--replay", Path, None, Path.is_file, rewards_file)
     shuffle, flags = take_flag(flags, "--shuffle", Path, None, Path.is_file, rewards_file)
     seed, flags = take_flag(flags, "--seed", int, 0, lambda x: x >= 0, "a seed (an integer >= 0)")
@@ -596,7 +596,7 @@ def oracle_teacher(steps: int, flags: list[str]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "oracle":
         if len(sys.argv) < 3 or not sys.argv[2].isdigit():
-            raise SystemExit("oracle: give the number of steps first: python -m tiny.probes oracle 100 ...")
+            raise SystemExit("oracle: give the number of steps first: python probes.py oracle 100 ...")
         oracle_teacher(int(sys.argv[2]), sys.argv[3:])
     elif len(sys.argv) > 2 and sys.argv[1] == "repeat":
         if not all(arg.isdigit() and int(arg) > 1 for arg in sys.argv[3:5]):
