@@ -93,16 +93,8 @@ def outer_step(w: World, method: str, seed: int, step: int, state: dict, optimiz
         return None
     for record in drawn:
         append_jsonl(job / "questions.jsonl", {"step": step, **record})
-    if w.cfg.quality_samples:  # a larger sample of the teacher's questions, from its own draws
-        with timed(times, "quality_sample"):
-            sampled, _ = sample_pairs(w.model, w.tokenizer, w.cfg.quality_samples, w.cfg,
-                                      generators(*unit, "quality")[0], {})
-        # kept with their grades, so that the trend the summary reports can be recounted from text
-        for pair in sampled:
-            append_jsonl(job / "policy_questions.jsonl", {
-                "step": step, "problem": pair["problem"], "answer": pair["answer"],
-                **classify(pair["problem"], pair["answer"])})
-        step_log["policy_quality"] = question_quality(sampled)
+    if w.cfg.quality_samples:
+        step_log["policy_quality"] = policy_sample(w, unit, step, job, times)
     return metrics_row(w.cfg, method, seed, step, state, step_log)
 
 
@@ -220,6 +212,20 @@ def teacher_rewards(cfg: Config, dataset_rewards: list[float], unit: tuple) -> l
         return dataset_rewards
     order = torch.randperm(len(dataset_rewards), generator=generators(*unit, "shuffle")[0])
     return [dataset_rewards[i] for i in order.tolist()]
+
+
+def policy_sample(w: World, unit: tuple, step: int, job: Path, times: dict) -> dict:
+    """Tiny world: what the teacher writes now, measured on a larger sample of its questions from
+    its own draws, graded exactly and never trained on. The questions are kept with their grades
+    (policy_questions.jsonl), so that the trend the summary reports can be recounted from text."""
+    with timed(times, "quality_sample"):
+        sampled, _ = sample_pairs(w.model, w.tokenizer, w.cfg.quality_samples, w.cfg,
+                                  generators(*unit, "quality")[0], {})
+    for pair in sampled:
+        append_jsonl(job / "policy_questions.jsonl", {
+            "step": step, "problem": pair["problem"], "answer": pair["answer"],
+            **classify(pair["problem"], pair["answer"])})
+    return question_quality(sampled)
 
 
 def metrics_row(cfg: Config, method: str, seed: int, step: int, state: dict, log: dict) -> dict:

@@ -214,3 +214,15 @@ def test_a_methods_row_is_the_mean_of_its_fresh_students(tmp_path):
     results = read_results(tmp_path, students=3)  # a 4th student's folder is not this run's
     assert results["base_t"]["pass_at_k"] == pytest.approx({"1": 0.4, "4": 0.2})
     assert [s["1"] for s in results["base_t"]["students"]] == [0.1, 0.4, 0.7]
+
+
+def test_two_runs_are_the_same_run_when_only_their_times_differ(tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    from compare_runs import TIMES, differences
+    for name, (reward, seconds) in {"a": (0.5, 1.0), "b": (0.5, 9.0), "c": (0.25, 1.0)}.items():
+        write_jsonl(tmp_path / name / "seed0" / "soar" / "metrics.jsonl",
+                    [{"step": 0, "mean_reward": reward, "times": {"train": seconds}}])
+    assert differences(tmp_path / "a", tmp_path / "b", TIMES) == []
+    assert differences(tmp_path / "a", tmp_path / "c", TIMES) == ["differs: seed0/soar/metrics.jsonl"]
+    (tmp_path / "c" / "extra.json").write_text("{}")
+    assert f"only in {tmp_path / 'c'}: extra.json" in differences(tmp_path / "a", tmp_path / "c", TIMES)
