@@ -484,3 +484,29 @@ def test_out_of_memory_in_the_static_decoder_halves_the_batch_and_loses_no_row(t
         split = both_decoders(model, tok, prompts, 1.0, n=1, batch_size=4)[1]
     assert split[0].completion_ids == expected[0].completion_ids
     assert torch.equal(split[1], expected[1])
+
+
+def test_the_lora_weights_keep_their_storage_through_loads_updates_and_role_switches(tiny_lora):
+    """A captured CUDA graph reads its tensors at fixed addresses, so everything the loop does to
+    the adapters (a copy starting from the baseline, a promotion, an RLOO update, a switch of
+    role) must write into the LoRA weights' own storage, never replace it."""
+    from models import (activate, adapter_state, adapter_weights, load_adapter_state, make_optimizer,
+                        policy_gradient_step)
+    model, tok, prompts = tiny_lora
+    lora = lambda: {n: p.data_ptr() for n, p in model.named_parameters() if "lora_" in n}  # noqa: E731
+    before = lora()
+    moved = {n: p + 0.1 for n, p in adapter_state(model, "student").items()}
+    with adapter_weights(model, "student", moved):
+        activate(model, "teacher")
+        activate(model, "student")
+        optimizer, _ = make_optimizer(model, "student", 1e-3, 10)
+        rollouts = sampler.sample(model, prompts[:2], n=2, max_new_tokens=8, temperature=1.0,
+                                  eos_token_ids=sampler.eos_ids(tok, model),
+                                  pad_token_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0))
+        stats = policy_gradient_step(model, "student", optimizer, rollouts.prompt_ids,
+                                     rollouts.completion_ids, torch.tensor([1.0, -1.0, 0.5, -0.5]),
+                                     kl_coef=0.001, pad_token_id=tok.pad_token_id, micro_batch=4,
+                                     max_new_tokens=8)
+        assert stats["skipped"] == 0
+    load_adapter_state(model, "teacher", adapter_state(model, "teacher"))
+    assert lora() == before
