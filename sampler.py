@@ -233,11 +233,15 @@ def sample_chunk(model, prompt_ids, prompt_of_row, max_new_tokens, temperature, 
         logits = out.logits[:, -1]
         next_position = next_position + 1
 
+    return finished_rows(tokens, token_logprobs, lengths, eos_token_ids)
+
+
+def finished_rows(tokens, token_logprobs, lengths, eos_token_ids):
+    """(completions, logprobs, finished) per row, each cut to its length, on the CPU."""
     tokens, token_logprobs, lengths = tokens.cpu(), token_logprobs.cpu(), lengths.tolist()
-    completions = [tokens[r, :lengths[r]].tolist() for r in range(rows)]
-    logprobs = [token_logprobs[r, :lengths[r]].clone() for r in range(rows)]
-    finished = [c[-1] in eos_token_ids for c in completions]
-    return completions, logprobs, finished
+    completions = [tokens[r, :lengths[r]].tolist() for r in range(len(lengths))]
+    logprobs = [token_logprobs[r, :lengths[r]].clone() for r in range(len(lengths))]
+    return completions, logprobs, [c[-1] in eos_token_ids for c in completions]
 
 
 # Row buckets of the static decoder: a batch keeps its width until its live rows fit the next one
@@ -326,11 +330,7 @@ def sample_chunk_static(model, prompt_ids, prompt_of_row, max_new_tokens, temper
         generator.set_state(state)
         torch.rand(int(used), generator=generator, device=generator.device)
 
-    tokens, token_logprobs, lengths = tokens.cpu(), token_logprobs.cpu(), lengths.tolist()
-    completions = [tokens[r, :lengths[r]].tolist() for r in range(rows)]
-    logprobs = [token_logprobs[r, :lengths[r]].clone() for r in range(rows)]
-    finished = [c[-1] in eos_token_ids for c in completions]
-    return completions, logprobs, finished
+    return finished_rows(tokens, token_logprobs, lengths, eos_token_ids)
 
 
 def select_rows(cache: StaticCache, rows: torch.Tensor) -> None:
