@@ -196,19 +196,28 @@ def paired_with_control(test_dir: Path, control_dir: Path) -> dict:
     out = {"seeds": sorted(test.keys() & control.keys()), "teacher_trends": {}}
     for group, measure in TREND_MEASURES:
         a, b = (seed_slopes(dirs, "soar", group, measure) for dirs in (test, control))
-        diffs = {s: a[s] - b[s] for s in a.keys() & b.keys()}
-        if diffs:
-            out["teacher_trends"][trend_name(group, measure)] = {
-                **mean_ci(list(diffs.values())), "wins": sum(d > 0 for d in diffs.values()),
-                "per_seed": dict(sorted(diffs.items()))}
-    a, b = (({s: r["grounded_t"]["pass_at_k"] for s, d in dirs.items()
-              if "grounded_t" in (r := read_results(d, read_config(d.parent).get("fresh_students", 1)))})
-            for dirs in (test, control))
+        if a.keys() & b.keys():
+            out["teacher_trends"][trend_name(group, measure)] = paired(a, b)
+    a, b = grounded_t_pass_at_k(Path(test_dir), test), grounded_t_pass_at_k(Path(control_dir), control)
     if a.keys() & b.keys():
-        seeds = sorted(a.keys() & b.keys())
-        out["grounded_t pass@k"] = {k: {**mean_ci(diffs := [a[s][k] - b[s][k] for s in seeds]),
-                                        "wins": sum(d > 0 for d in diffs)} for k in a[seeds[0]]}
+        ks = a[min(a.keys() & b.keys())]
+        out["grounded_t pass@k"] = {k: paired({s: v[k] for s, v in a.items()},
+                                              {s: v[k] for s, v in b.items()}) for k in ks}
     return out
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> dict:
+    """a - b over the seeds both have: mean_ci, the seeds where a > b, and each seed's difference."""
+    diffs = {s: a[s] - b[s] for s in sorted(a.keys() & b.keys())}
+    return {**mean_ci(list(diffs.values())), "wins": sum(d > 0 for d in diffs.values()),
+            "per_seed": diffs}
+
+
+def grounded_t_pass_at_k(run_dir: Path, seed_dirs: dict[int, Path]) -> dict[int, dict]:
+    """{seed: Grounded-T's pass@k, the mean over its fresh students} of the seeds that have it."""
+    students = read_config(run_dir).get("fresh_students", 1)
+    results = {seed: read_results(d, students) for seed, d in seed_dirs.items()}
+    return {seed: r["grounded_t"]["pass_at_k"] for seed, r in results.items() if "grounded_t" in r}
 
 
 def question_analysis(seed_dirs: dict[int, Path], quality=None, students: int = 1) -> dict:
