@@ -322,7 +322,7 @@ def sample_chunk_static(model, prompt_ids, prompt_of_row, max_new_tokens, temper
                 live, token, mask, next_position, decoding = (
                     live[keep], token[keep], mask[keep], next_position[keep], decoding[keep])
         mask[:, width + step] = 1
-        out = model(input_ids=token[:, None], attention_mask=mask[:, :width + step + 1],
+        out = model(input_ids=token[:, None], attention_mask=mask,
                     position_ids=next_position[:, None], **cache_arg, use_cache=True)
         logits = out.logits[:, -1]
         next_position = next_position + 1
