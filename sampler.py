@@ -65,9 +65,14 @@ def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator | 
     """
     if temperature == 0:
         return logits.argmax(-1)
-    cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(-1)
     gen_device = generator.device if generator is not None else torch.device("cpu")
     u = torch.rand(logits.shape[0], 1, generator=generator, device=gen_device).to(logits.device)
+    return inverse_cdf(logits, temperature, u)
+
+
+def inverse_cdf(logits: torch.Tensor, temperature: float, u: torch.Tensor) -> torch.Tensor:
+    """The token of each row at which the cumulative softmax(logits / T) reaches u [B, 1]."""
+    cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(-1)
     # Scaling by the last cdf entry keeps u inside the float32 cumsum's range, so no out-of-vocab index.
     return torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1)
 
@@ -299,8 +304,7 @@ def sample_chunk_static(model, prompt_ids, prompt_of_row, max_new_tokens, temper
             drawn = logits.argmax(-1)
         else:  # decoding row i takes uniform number `used + (decoding rows before i)`
             pick = (used + decoding.long().cumsum(0) - 1).clamp(0, len(uniforms) - 1)
-            cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(-1)
-            drawn = torch.searchsorted(cdf, uniforms[pick][:, None] * cdf[:, -1:]).squeeze(-1)
+            drawn = inverse_cdf(logits, temperature, uniforms[pick][:, None])
             used += decoding.sum()
         token = torch.where(decoding, drawn, pad_token_id)
         logprob = torch.log_softmax(logits.float(), -1).gather(-1, drawn[:, None]).squeeze(-1)
