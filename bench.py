@@ -29,6 +29,7 @@ with the figures it comes from.
 """
 import argparse
 import dataclasses
+import math
 import os
 import random
 import resource
@@ -442,7 +443,7 @@ def measure_memory(preset: str, workdir: Path) -> dict:
     per_depth = {}
     for layers in (1, 2):
         model = shallow_model(preset, layers, workdir, cfg)
-        per_depth[layers] = {"bytes": tensor_bytes(model),
+        per_depth[layers] = {"bytes": tensor_bytes(model) | {"dequantized": dequantized_bytes(model)},
                              "saved": saved_bytes(model, rows, prompt, completion, autocast=True),
                              "saved_fp32_lora": saved_bytes(model, rows, prompt, completion, autocast=False)}
         if layers == 1:
@@ -453,10 +454,17 @@ def measure_memory(preset: str, workdir: Path) -> dict:
     m["layer_saved"] = (two["saved"] - one["saved"]) / tokens
     m["layer_saved_fp32_lora"] = (two["saved_fp32_lora"] - one["saved_fp32_lora"]) / tokens
     m["head_saved"] = (one["saved"] - m["layer_saved"] * tokens) / (rows * completion)  # logits & co
-    for key in ("base", "adapter"):
+    for key in ("base", "adapter", "dequantized"):
         per_layer = two["bytes"][key] - one["bytes"][key]
         m[key] = one["bytes"][key] - per_layer + m["layers"] * per_layer
     return m
+
+
+def dequantized_bytes(model) -> int:
+    """What sampling adds by holding the 4-bit layers' weights dequantized (sampler.dequantized_base)."""
+    import bitsandbytes as bnb
+    return sum(2 * math.prod(m.weight.quant_state.shape) for m in model.modules()
+               if isinstance(m, bnb.nn.Linear4bit))
 
 
 def predict_peak(m: dict, **settings) -> dict:
@@ -476,8 +484,9 @@ def predict_peak(m: dict, **settings) -> dict:
         train[role] = m["base"] + adapters + layers + head
     rows = cfg.sample_batch
     kv = rows * (PROMPT_TOKENS + max(cfg.student_max_tokens, cfg.teacher_max_tokens)) * L * m["kv_per_token_layer"]
-    sample = m["base"] + adapters + kv * (1 + 1 / L) + rows * V * (2 + 4 * 3)  # a layer's cache
-    #   being appended to; the step's bf16 logits and the sampler's float32 softmax, cdf, log-softmax
+    sample = (m["base"] + m["dequantized"] + adapters + kv * (1 + 1 / L)  # a layer's cache being
+              + rows * V * (2 + 4 * 3))  # appended to; the step's bf16 logits and the sampler's
+    #                                      float32 softmax, cdf, log-softmax
     return {"train_student": train["student"], "train_teacher": train["teacher"], "sample": sample}
 
 
@@ -493,7 +502,8 @@ def memory_report(preset: str) -> None:
           f"checkpointed: {m['layer_input'] / 1024:.1f} KiB (the layer input)")
     print(f"  logits and head per completion token: {m['head_saved'] / 2**20:.2f} MiB kept "
           f"(+ as much again for their gradient)")
-    print(f"  sampler KV cache per token per layer: {m['kv_per_token_layer'] / 1024:.1f} KiB")
+    print(f"  sampler KV cache per token per layer: {m['kv_per_token_layer'] / 1024:.1f} KiB; the 4-bit "
+          f"layers dequantized once while sampling: {m['dequantized'] / GIB:.2f} GiB")
     print(f"  settings: micro-batch {cfg.micro_batch}, sample batch {cfg.sample_batch}, checkpointing "
           f"{cfg.checkpointing}, prompt {PROMPT_TOKENS} + student {cfg.student_max_tokens} / teacher "
           f"{cfg.teacher_max_tokens} new tokens")

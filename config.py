@@ -63,12 +63,14 @@ PRESETS = {
     "smol": Preset("HuggingFaceTB/SmolLM2-135M-Instruct", {}),
     # Qwen2.5-1.5B: 114-117 KiB per token per layer kept for backward under bf16 autocast (143
     # KiB with float32 LoRA inputs); 4 rows of 160 + 512 tokens without checkpointing predict
-    # 11.4 GiB and spare the recompute (8 rows: 20.7). Sampling 256 rows: 6.7 GiB.
+    # 11.4 GiB and spare the recompute (8 rows: 20.7). Sampling 256 rows: 9.2 GiB, of which 2.4
+    # are the 4-bit layers dequantized once for the whole call.
     "small": Preset("Qwen/Qwen2.5-1.5B-Instruct",
                     dict(micro_batch=4, sample_batch=256, checkpointing="off")),
     # Llama-3.2-3B: 155 KiB per token per layer kept for backward, so 4 rows of 672 tokens
-    # without checkpointing already predict 15.2 GiB; checkpointed, 16 rows predict 10.0 GiB.
-    # Sampling 128 rows holds a 4 KiB/token/layer KV cache: 12.4 GiB, the run's predicted peak.
+    # without checkpointing already predict 15.2 GiB; checkpointed, 16 rows predict 10.3 GiB.
+    # Sampling 128 rows holds a 4 KiB/token/layer KV cache and the layers dequantized (5.3 GiB):
+    # 17.6 GiB, the run's predicted peak.
     "paper": Preset("meta-llama/Llama-3.2-3B-Instruct",
                     dict(micro_batch=16, sample_batch=128, checkpointing="on")),
 }

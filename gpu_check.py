@@ -6,10 +6,14 @@ memory, misses a package or runs out of time becomes a row that says why, and th
   card            the device and its measured copy bandwidth (what bounds decoding)
   <preset> build  a model of the preset's exact shape (configs/*.json), random weights, saved
   <preset> train  one student training step at the preset's micro-batch, prompt and answer
-                  lengths and checkpointing: its peak memory beside the README's prediction
-  <preset> decode sampling at the preset's sample batch: its peak memory, and decode tokens/s of
-                  the sampler and of `model.generate` against the bandwidth bound
+                  lengths and checkpointing, with 4-bit weights (before) and bf16 ones (after):
+                  tokens/s, peak memory beside the README's prediction, where the time goes
+  <preset> decode sampling at the preset's sample batch: decode tokens/s of today's eager decoder
+                  (before) and of the static one replayed as CUDA graphs from weights dequantized
+                  once (after) on the same rows, against the bandwidth bound; the fast path's
+                  peak memory; kernels launched and GPU time of a decode step on each path
   tiny world      one outer step of the default (tiny) preset, beside this CPU's time for it
+Memory is capped at 24 GiB whatever the card (MEMORY_CAP_GIB).
 for the presets `small` (Qwen2.5-1.5B) and `paper` (Llama-3.2-3B). Weights are 4-bit NF4 when
 bitsandbytes imports, else bf16 (the table says which, and what bf16 weights add to the
 prediction). `--dry-run` runs the same parts on the CPU at toy shapes, in under a minute: that is
@@ -31,7 +35,7 @@ import sys
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,8 +54,9 @@ CONFIGS = ROOT / "configs"
 PRESET_MODELS = {"small": "qwen2.5-1.5b.json", "paper": "llama-3.2-3b.json"}
 
 # The README's predicted peaks ("One 24 GB GPU: memory and presets", from `bench.py --memory`),
-# GiB, for 4-bit weights, without the ~1 GiB of CUDA context and allocator slack.
-PREDICTED_PEAK = {"small": {"train": 11.4, "sample": 6.7}, "paper": {"train": 10.0, "sample": 12.4}}
+# GiB, for 4-bit weights, without the ~1 GiB of CUDA context and allocator slack. Sampling holds
+# the 4-bit layers dequantized (sampler.dequantized_base): +2.4 and +5.3 GiB (2026-12-07).
+PREDICTED_PEAK = {"small": {"train": 11.4, "sample": 9.2}, "paper": {"train": 10.3, "sample": 17.6}}
 # The README's time per outer step (an estimate from token counts): ~2 M decoded and ~3.4 M
 # trained tokens a step, at an assumed ~6,000 decoded tokens/s and 80 TFLOP/s (6 x params FLOPs
 # a trained token): ~12-15 min for Qwen2.5-1.5B, about twice that for Llama-3.2-3B.
@@ -63,10 +68,18 @@ README_STEP = {"decode_tokens": 2.0e6, "train_tokens": 3.4e6, "decode_rate": 600
 # bound. An idle one took 48.4 s for an earlier tiny world's step (docs/speed.md).
 TINY_STEP_CPU = {"seconds": 228.3, "measured": "2026-11-29, busy: load 5.7-8.1"}
 
-# Seconds per part; they add up to 450, which leaves the 8 minutes room for starting up.
-BUDGETS = {"card": 10, "small build": 30, "small train": 40, "small decode": 85,
-           "paper build": 50, "paper train": 50, "paper decode": 85, "tiny world": 100}
-TOTAL_BUDGET = 450
+# Seconds per part; they add up to 480, which leaves the 9 minutes of docs/speed.md's command
+# room for starting up.
+BUDGETS = {"card": 10, "small build": 30, "small train": 60, "small decode": 85,
+           "paper build": 50, "paper train": 80, "paper decode": 85, "tiny world": 80}
+TOTAL_BUDGET = 480
+# Every memory part runs under this cap (`torch.cuda.set_per_process_memory_fraction`): the
+# presets are sized for a 24 GB consumer card, and a larger lent card must not hide a peak above it.
+MEMORY_CAP_GIB = 24
+# Decode steps that both decoders are timed over, on the same rows: today's eager decoder takes
+# 70-80 s for the whole 512 (H200, 2026-11-30), more than a part's budget holds twice; the fast
+# one is also timed over the whole answer.
+COMPARED_TOKENS = 128
 
 # --dry-run: toy shapes and settings, the same code paths, on the CPU in seconds.
 TOY_SHAPES = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -186,9 +199,12 @@ class Check:
             projected = [r.values["minutes"] * 60 for r in self.rows
                          if r.part == preset and "minutes" in r.values]
             presets[preset] = {
-                "decode_tok_s": {"eager": facts.get("decode_tokens_per_s"),
-                                 "fast": facts.get("static_decode_tokens_per_s")},
-                "train_tok_s": {"before": facts.get("train_tokens_per_s"), "after": None},
+                "decode_tok_s": {"eager": facts.get("eager_decode_tokens_per_s"),
+                                 "fast": facts.get("fast_decode_tokens_per_s")},
+                "decode_tokens_compared": facts.get("compared_tokens"),
+                "decode_tok_s_fast_whole_answer": facts.get("decode_tokens_per_s"),
+                "train_tok_s": {"before": facts.get("train_tokens_per_s", {}).get("before"),
+                                "after": facts.get("train_tokens_per_s", {}).get("after")},
                 "outer_step_s": None, "outer_step_s_projected": projected[0] if projected else None,
                 "peak_gib": peaks}
         return {"card": self.facts.get("device"), "presets": presets}
@@ -272,6 +288,10 @@ def card_part(check: Check) -> None:
     else:
         name, notes = "CPU (dry run)", f"torch threads: {torch.get_num_threads()}"
     check.facts["device"] = name
+    if check.device.type == "cuda":
+        fraction = min(1.0, MEMORY_CAP_GIB * GIB / props.total_memory)
+        torch.cuda.set_per_process_memory_fraction(fraction)
+        notes += f"; memory capped at {MEMORY_CAP_GIB} GiB (fraction {fraction:.3f})"
     check.add("card", "device", name, notes=notes + f"; weights {check.quant} ({check.quant_why})")
     check.doing = "copy bandwidth"
     bandwidth = copy_bandwidth(check.device)
@@ -333,12 +353,13 @@ def build_part(check: Check, preset: str) -> None:
                     f"{time.perf_counter() - start:.1f} s", params=params, bf16_bytes=bf16, nf4_bytes=nf4)
 
 
-def preset_model(check: Check, preset: str, s: dict, checkpointing: bool):
-    """The preset's saved model, loaded as a run loads it: 4-bit or bf16, both LoRA adapters."""
+def preset_model(check: Check, preset: str, s: dict, checkpointing: bool, quant: str | None = None):
+    """The preset's saved model, loaded as a run loads it: 4-bit or bf16 (`quant`, by default the
+    check's), both LoRA adapters."""
     if preset not in check.facts:
         raise NotReady(f"no {preset} model: its build did not finish")
     check.doing = "load"
-    quant = "4bit" if check.quant.startswith("4-bit") else "none"
+    quant = "4bit" if (quant or check.quant).startswith("4-bit") else "none"
     model, _ = models.load_model(str(check.facts[preset]["path"]), quant, s["lora_rank"], s["lora_alpha"],
                                  device=check.device.type, checkpointing=checkpointing, dtype=torch.bfloat16)
     return model
@@ -348,11 +369,11 @@ def random_ids(rows: int, length: int, vocab: int, generator: torch.Generator) -
     return torch.randint(1, vocab, (rows, length), generator=generator).tolist()  # 0 is padding
 
 
-def expected_peak(check: Check, preset: str, kind: str) -> tuple[str, float]:
-    """The README's predicted peak (GiB), moved by what bf16 weights add when this run has them."""
+def expected_peak(check: Check, preset: str, kind: str, quant: str) -> tuple[str, float]:
+    """The README's predicted peak (GiB), moved by what bf16 weights add where `quant` is bf16."""
     predicted = PREDICTED_PEAK[preset][kind]
     facts = check.facts[preset]
-    extra = 0.0 if check.quant.startswith("4-bit") else (facts["bf16_bytes"] - facts["nf4_bytes"]) / GIB
+    extra = 0.0 if quant.startswith("4-bit") else (facts["bf16_bytes"] - facts["nf4_bytes"]) / GIB
     text = f"{predicted:.1f} GiB (README, 4-bit)"
     if extra:
         text += f"; {predicted + extra:.1f} with bf16 weights (+{extra:.1f})"
@@ -361,9 +382,10 @@ def expected_peak(check: Check, preset: str, kind: str) -> tuple[str, float]:
     return text, predicted + extra
 
 
-def peak_row(check: Check, preset: str, kind: str, what: str, notes: str, **values) -> None:
+def peak_row(check: Check, preset: str, kind: str, what: str, notes: str, quant: str | None = None,
+             **values) -> None:
     measured, peak, memory = peak_text(check.device)
-    expected, predicted = expected_peak(check, preset, kind)
+    expected, predicted = expected_peak(check, preset, kind, quant or check.quant)
     notes = memory + notes
     if peak is not None and not check.dry:
         notes = f"measured / predicted {peak / predicted:.2f}; " + notes
@@ -389,31 +411,56 @@ class oom_retries:
 
 
 def train_part(check: Check, preset: str) -> None:
+    """The student's training step with the weights a run loads (4-bit where bitsandbytes works:
+    before) and with bf16 weights (after): bf16 skips dequantizing every weight in every forward
+    and backward, at the memory of the bf16 weights."""
     check.doing = "preset settings"
     s = settings(preset, check.dry, check.device)
-    model = preset_model(check, preset, s, checkpointing=s["checkpointing"] == "on")
-    check.doing = "student training step"
-    rows, vocab = s["micro_batch"], model.config.vocab_size
-    generator = torch.Generator().manual_seed(0)
-    prompts = random_ids(rows, s["prompt_tokens"], vocab, generator)
-    answers = random_ids(rows, s["student_max_tokens"], vocab, generator)
-    advantages = torch.randn(rows, generator=generator)
-    optimizer, _ = models.make_optimizer(model, "student", s["lr"], total_steps=10)
-    reset_peak(check.device)
-    step = lambda: models.policy_gradient_step(  # noqa: E731
-        model, "student", optimizer, prompts, answers, advantages, kl_coef=s["kl_coef"], pad_token_id=0,
-        micro_batch=s["micro_batch"], max_new_tokens=s["student_max_tokens"])
-    with oom_retries() as retries:
-        measure.timed_call(step, check.device)  # the first step also sets up the optimizer's moments
-        seconds = measure.timed_call(step, check.device)[1]
-    tokens = rows * (s["prompt_tokens"] + s["student_max_tokens"])
-    tflops = 6 * check.facts[preset]["params"] * tokens / seconds / 1e12
-    check.facts[preset] |= dict(train_tokens_per_s=tokens / seconds, tflops=tflops)
-    peak_row(check, preset, "train", "peak, student training step",
-             retries.note() + f"micro-batch {rows} x ({s['prompt_tokens']} + {s['student_max_tokens']}) tokens, "
-             f"checkpointing {s['checkpointing']}, KL {s['kl_coef']}; a step {seconds:.2f} s, "
-             f"{tokens / seconds:.0f} tok/s, {tflops:.1f} TFLOP/s at 6 x params a token (README assumes "
-             f"{README_STEP['tflops']})", step_s=seconds, tokens=tokens, tflops=tflops)
+    kinds = [("before", check.quant)] + ([("after", "bf16")] if check.quant != "bf16" else [])
+    for when, quant in kinds:
+        model = preset_model(check, preset, s, checkpointing=s["checkpointing"] == "on", quant=quant)
+        check.doing = f"student training step, {quant} weights"
+        rows, vocab = s["micro_batch"], model.config.vocab_size
+        generator = torch.Generator().manual_seed(0)
+        prompts = random_ids(rows, s["prompt_tokens"], vocab, generator)
+        answers = random_ids(rows, s["student_max_tokens"], vocab, generator)
+        advantages = torch.randn(rows, generator=generator)
+        optimizer, _ = models.make_optimizer(model, "student", s["lr"], total_steps=10)
+        reset_peak(check.device)
+        step = lambda: models.policy_gradient_step(  # noqa: E731
+            model, "student", optimizer, prompts, answers, advantages, kl_coef=s["kl_coef"], pad_token_id=0,
+            micro_batch=s["micro_batch"], max_new_tokens=s["student_max_tokens"])
+        with oom_retries() as retries:
+            measure.timed_call(step, check.device)  # the first step also sets up the optimizer's moments
+            seconds = measure.timed_call(step, check.device)[1]
+        tokens = rows * (s["prompt_tokens"] + s["student_max_tokens"])
+        tflops = 6 * check.facts[preset]["params"] * tokens / seconds / 1e12
+        check.facts[preset].setdefault("train_tokens_per_s", {})[when] = tokens / seconds
+        check.facts[preset]["tflops"] = tflops
+        peak_row(check, preset, "train", f"peak, student training step, {quant} weights",
+                 retries.note() + f"{when}: micro-batch {rows} x ({s['prompt_tokens']} + {s['student_max_tokens']}) "
+                 f"tokens, checkpointing {s['checkpointing']}, KL {s['kl_coef']}; a step {seconds:.2f} s, "
+                 f"{tokens / seconds:.0f} tok/s, {tflops:.1f} TFLOP/s at 6 x params a token (README assumes "
+                 f"{README_STEP['tflops']}); where the time goes: {profile(step, check.device)}",
+                 quant, step_s=seconds, tokens=tokens, tflops=tflops, tokens_per_s=tokens / seconds)
+        del model, optimizer
+        free_memory(check.device)
+
+
+def profile(fn, device: torch.device, top: int = 5) -> str:
+    """One call of fn under torch.profiler: its `top` operators by their own time on the device
+    (on a CPU, by their own CPU time), each with its share, and how many kernels it launched."""
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    own = (lambda e: e.self_device_time_total) if device.type == "cuda" else (lambda e: e.self_cpu_time_total)
+    total = sum(own(e) for e in events) or 1
+    ranked = sorted(events, key=own, reverse=True)[:top]
+    return ", ".join(f"{e.key} {own(e) / total:.0%}" for e in ranked)
 
 
 def config_kv_bytes_per_token(config) -> int:
@@ -422,7 +469,42 @@ def config_kv_bytes_per_token(config) -> int:
     return 2 * config.num_key_value_heads * head_dim * 2
 
 
+@contextmanager
+def path_before():
+    """Sampling as it was before the fast path: each 4-bit layer dequantized in every step."""
+    real = sampler.dequantized_base
+    sampler.dequantized_base = lambda model: nullcontext()
+    try:
+        yield
+    finally:
+        sampler.dequantized_base = real
+
+
+def step_profile(fn, device: torch.device, steps: int = 8) -> dict:
+    """Per decode step of a `steps`-step rollout (its prefill included, a ninth): kernels
+    launched on the GPU (operators run, on a CPU), host time, and the GPU's busy time."""
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    fn(steps + 1)  # warm-up: a fast path captures its graphs here
+    with torch.profiler.profile(activities=activities) as prof:
+        start = time.perf_counter()
+        fn(steps + 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    events = prof.events()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    launched = len(kernels) if device.type == "cuda" else sum(e.cpu_parent is None for e in events)
+    busy = sum(e.device_time for e in kernels) / 1e6  # microseconds
+    forwards = steps + 1
+    return dict(launches=launched / forwards, host_ms=wall / forwards * 1e3,
+                gpu_busy_ms=busy / forwards * 1e3 if kernels else None)
+
+
 def decode_part(check: Check, preset: str) -> None:
+    """Today's eager decoder (before) and the fast path (after: the static decoder replayed as CUDA
+    graphs, sampling from weights dequantized once), on the same rows and lengths; then the fast
+    path over the whole answer, with its peak memory."""
     check.doing = "preset settings"
     s = settings(preset, check.dry, check.device)
     model = preset_model(check, preset, s, checkpointing=False)
@@ -434,14 +516,16 @@ def decode_part(check: Check, preset: str) -> None:
     rows = len(prompts) * group
     never = [model.config.vocab_size]  # a stop id no row can draw: every row decodes `length` tokens
 
-    def ours(tokens, static=False):
+    def before(tokens):
+        with path_before():
+            return sampler.sample(model, prompts, n=group, max_new_tokens=tokens, temperature=1.0,
+                                  eos_token_ids=never, pad_token_id=0, batch_size=rows,
+                                  generator=torch.Generator().manual_seed(0), static=False)
+
+    def after(tokens):
         return sampler.sample(model, prompts, n=group, max_new_tokens=tokens, temperature=1.0,
                               eos_token_ids=never, pad_token_id=0, batch_size=rows,
-                              generator=torch.Generator().manual_seed(0), static=static)
-
-    def theirs(tokens):
-        return measure.hf_generate(model, prompts, n=group, max_new_tokens=tokens, temperature=1.0,
-                                 eos=never, pad_id=0, seed=0)
+                              generator=torch.Generator().manual_seed(0), static=True)
 
     # Bytes one decode step reads: the weights (base and the active adapter) and, on average over
     # the answer, the KV cache of every row at its mean length.
@@ -450,56 +534,65 @@ def decode_part(check: Check, preset: str) -> None:
     step_bytes = weights["base"] + weights["adapter"] + kv
     bandwidth = check.facts.get("bandwidth")
     bound = rows * bandwidth / step_bytes if bandwidth else None
+    compared = min(COMPARED_TOKENS, length)
 
-    check.doing = "sampler warm-up"
-    ours(2)
-    reset_peak(check.device)
-    check.doing = f"sampling {rows} rows"
-    with torch.no_grad(), oom_retries() as retries:
-        prefill = measure.timed_call(lambda: ours(1), check.device)[1]
-        total = measure.timed_call(lambda: ours(length), check.device)[1]
-    peak_row(check, preset, "sample", "peak, sampling",
-             retries.note() + f"{rows} rows ({len(prompts)} prompts x {group}) of {prompt_len} + {length} "
-             f"tokens", rows=rows)
+    def rate(fn, tokens):
+        fn(2)  # warm-up
+        seconds = (measure.timed_call(lambda: fn(1), check.device)[1],
+                   measure.timed_call(lambda: fn(tokens), check.device)[1])
+        return rows * (tokens - 1) / max(seconds[1] - seconds[0], 1e-9), seconds
+
     rates = {}
-    static = lambda tokens: ours(tokens, static=True)  # noqa: E731
-    for name, fn, seconds in (("sampler", ours, (prefill, total)), ("sampler, static", static, None),
-                              ("model.generate", theirs, None)):
-        check.doing = f"decoding, {name}"
-        if seconds is None:
-            with torch.no_grad():
-                fn(2)  # warm-up
-                seconds = (measure.timed_call(lambda: fn(1), check.device)[1],
-                           measure.timed_call(lambda: fn(length), check.device)[1])
-        rates[name] = rows * (length - 1) / max(seconds[1] - seconds[0], 1e-9)
-        share = f"{rates[name] / bound:.0%} of the bound" if bound else "no bandwidth measured"
-        vs = {"sampler": "", "sampler, static": f"; static / sampler {rates[name] / rates['sampler']:.2f}x",
-              "model.generate": f"; sampler / generate {rates['sampler'] / rates[name]:.2f}x"}[name]
-        check.add(preset, f"decode tok/s, {name}", f"{rates[name]:.0f} tok/s",
-                  f"bound {bound:.0f} tok/s" if bound else "",
-                  f"{share}: {step_bytes / GIB:.2f} GiB read a step (weights {weights['base'] / GIB:.2f}, "
-                  f"KV cache {kv / GIB:.2f} at the mean length); {rows} rows x {length} tokens in "
-                  f"{seconds[1]:.2f} s, prefill {seconds[0]:.2f} s{vs}",
-                  tokens_per_s=rates[name], bound_tokens_per_s=bound, step_bytes=step_bytes)
-    check.facts[preset]["decode_tokens_per_s"] = rates["sampler"]
-    check.facts[preset]["static_decode_tokens_per_s"] = rates["sampler, static"]
+    with torch.no_grad(), oom_retries() as retries:
+        for name, fn in (("before", before), ("after", after)):
+            check.doing = f"decoding {rows} rows x {compared} tokens, {name}"
+            rates[name], seconds = rate(fn, compared)
+            check.doing = f"profile of a decode step, {name}"
+            prof = step_profile(fn, check.device)
+            share = f"{rates[name] / bound:.0%} of the bound" if bound else "no bandwidth measured"
+            what = {"before": "eager decoder, 4-bit dequantized every step (before)",
+                    "after": "static decoder, CUDA graphs, dequantized once (after)"}[name]
+            vs = f"; after / before {rates['after'] / rates['before']:.2f}x" if name == "after" else ""
+            busy = "-" if prof["gpu_busy_ms"] is None else f"{prof['gpu_busy_ms']:.1f}"
+            check.add(preset, f"decode tok/s, {what}", f"{rates[name]:.0f} tok/s",
+                      f"bound {bound:.0f} tok/s" if bound else "",
+                      f"{share}; {rows} rows x {compared} tokens in {seconds[1]:.2f} s, prefill "
+                      f"{seconds[0]:.2f} s{vs}; a step: {prof['launches']:.0f} "
+                      f"{'kernels' if check.device.type == 'cuda' else 'operators'}, host "
+                      f"{prof['host_ms']:.1f} ms, GPU busy {busy} ms",
+                      tokens_per_s=rates[name], tokens=compared, bound_tokens_per_s=bound,
+                      step_bytes=step_bytes, **prof)
+        check.doing = f"sampling {rows} rows x {length} tokens, after"
+        reset_peak(check.device)
+        whole, seconds = rate(after, length)
+    peak_row(check, preset, "sample", "peak, sampling (after)",
+             retries.note() + f"{rows} rows ({len(prompts)} prompts x {group}) of {prompt_len} + {length} "
+             f"tokens: {whole:.0f} tok/s over the whole answer ({seconds[1]:.2f} s), "
+             f"{f'{whole / bound:.0%} of the bound; ' if bound else ''}"
+             f"{step_bytes / GIB:.2f} GiB read a step (weights {weights['base'] / GIB:.2f}, KV cache "
+             f"{kv / GIB:.2f} at the mean length)", rows=rows, tokens_per_s=whole)
+    check.facts[preset] |= dict(eager_decode_tokens_per_s=rates["before"], compared_tokens=compared,
+                                fast_decode_tokens_per_s=rates["after"], decode_tokens_per_s=whole)
 
 
 def projection(check: Check, preset: str) -> None:
-    """The README's time per outer step, redone with the measured rates."""
+    """The README's time per outer step, redone with the measured rates: the fast decoder over
+    whole answers, and training with the weights `--quant auto` loads (4-bit), bf16 beside it."""
     facts = check.facts.get(preset, {})
-    if "decode_tokens_per_s" not in facts or "train_tokens_per_s" not in facts:
+    train = facts.get("train_tokens_per_s", {})
+    if "decode_tokens_per_s" not in facts or "before" not in train:
         raise NotReady("needs both the decode and the training rate")
     check.doing = "projection"
     decode_min = README_STEP["decode_tokens"] / facts["decode_tokens_per_s"] / 60
-    train_min = README_STEP["train_tokens"] / facts["train_tokens_per_s"] / 60
-    check.add(preset, "outer step, projected", f"{decode_min + train_min:.1f} min",
-              f"{README_STEP['minutes'][preset]} (README)",
+    train_min = {when: README_STEP["train_tokens"] / rate / 60 for when, rate in train.items()}
+    bf16 = (f"; with bf16 weights (--quant none) training takes {train_min['after']:.1f} min, the step "
+            f"{decode_min + train_min['after']:.1f} min" if "after" in train_min else "")
+    check.add(preset, "outer step, projected", f"{decode_min + train_min['before']:.1f} min",
+              f"at most 5 min (the goal); {README_STEP['minutes'][preset]} (README's estimate)",
               f"README's token counts at the measured rates: decoding {README_STEP['decode_tokens'] / 1e6:.1f} M "
-              f"tokens {decode_min:.1f} min, training {README_STEP['train_tokens'] / 1e6:.1f} M tokens "
-              f"{train_min:.1f} min (README assumed {README_STEP['decode_rate']:,} tok/s and "
-              f"{README_STEP['tflops']} TFLOP/s; here the sampler at the sample batch, every row to the cap)",
-              minutes=decode_min + train_min)
+              f"tokens {decode_min:.1f} min (the fast decoder, every row to the cap), training "
+              f"{README_STEP['train_tokens'] / 1e6:.1f} M tokens {train_min['before']:.1f} min ({check.quant} "
+              f"weights){bf16}", minutes=decode_min + train_min["before"])
 
 
 # ---- one tiny-world outer step --------------------------------------------------------------------
@@ -545,7 +638,8 @@ def tiny_world_part(check: Check) -> None:
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"train.py failed: {done.stderr.strip()[-500:]}")
-    times = read_jsonl(out / "run" / "seed0" / "soar" / "metrics.jsonl")[0]["times"]
+    row = read_jsonl(out / "run" / "seed0" / "soar" / "metrics.jsonl")[0]
+    times, updates = row["times"], row["student_updates"]
     seconds = sum(times.values())
     reference = TINY_STEP_CPU["seconds"]
     expected = (f"{reference:.1f} s on the 2-core CPU ({TINY_STEP_CPU['measured']})" if reference
@@ -555,8 +649,9 @@ def tiny_world_part(check: Check) -> None:
     ratio = f"CPU / this {reference / seconds:.1f}x; " if reference and not check.dry else ""
     check.add("tiny world", "outer step, tiny preset", f"{seconds:.1f} s", expected,
               ratio + ", ".join(f"{k} {v:.1f} s" for k, v in times.items())
-              + f"; g {cfg.g}, n {cfg.n}, r {cfg.r}, {cfg.inner_steps} inner steps, checkpointing {cfg.checkpointing}",
-              seconds=seconds, times=times)
+              + f"; g {cfg.g}, n {cfg.n}, r {cfg.r}, {cfg.inner_steps} inner steps, checkpointing {cfg.checkpointing}"
+              + f"; student updates {sum(updates.values())}: {updates.get('non-finite', 0)} non-finite",
+              seconds=seconds, times=times, student_updates=updates)
 
 
 def measure_tiny_step_here() -> Row:

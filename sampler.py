@@ -6,19 +6,24 @@ from `sample`), and `completion_logprobs` (the same log-probs again, with grad, 
 Works for any Hugging Face causal LM or PeftModel (whatever adapter is active, or inside
 `with model.disable_adapter():`).
 
-Where the speed comes from, against `model.generate` (see bench.py for the measurements):
+Two decoders give the same rollouts from the same seed; `sample` picks each device's faster one.
+On a CPU, `sample_chunk` (see bench.py for the measurements against `model.generate`):
 - a prompt is prefilled once per group and its KV cache copied to its n rows;
 - a row leaves the batch once it emits EOS, so late steps only pay for live rows (finished rows
   leave in steps of 8: `rows_to_keep`);
 - the loop does only what sampling needs: no logits processors, no stopping-criteria objects;
-- on a CPU, a large output head is computed as W @ h^T (`streamed_head`), which a shrinking
-  batch does not slow down.
-A KV cache preallocated for the whole rollout was measured and dropped: with row dropping, its
-full-capacity copies cost more than DynamicCache's appends (measured with bench.py).
+- a large output head is computed as W @ h^T (`streamed_head`), which a shrinking batch does
+  not slow down.
+On a GPU, where a decode step's time is launching its kernels, `sample_chunk_static`: a KV cache
+preallocated for the rollout, row buckets of fixed widths, the draw on the device, and each step
+replayed as a CUDA graph (`DecodeStep`). A 4-bit base samples from weights dequantized once per
+call (`dequantized_base`).
 Prompts are left padded and every forward gets explicit position ids, so a row's tokens see the
 same positions as they would alone. A batch that runs out of GPU memory is retried in halves.
 """
+import functools
 import inspect
+import sys
 import types
 import warnings
 from contextlib import contextmanager
@@ -93,10 +98,14 @@ def check_sample_args(prompt_ids, n, max_new_tokens, temperature, eos_token_ids,
 def sample(model, prompt_ids: list[list[int]], *, n: int = 1, max_new_tokens: int,
            temperature: float = 1.0, eos_token_ids: list[int], pad_token_id: int,
            batch_size: int = 64, generator: torch.Generator | None = None,
-           progress: str | None = None, static: bool = False) -> Rollouts:
+           progress: str | None = None, static: bool | None = None) -> Rollouts:
     """n completions per prompt; row i*n+j of the result is sample j of prompt i. Temperature 0 is
-    greedy. `static` decodes with `sample_chunk_static` (the same tokens, in fixed shapes)."""
+    greedy. `static` decodes with `sample_chunk_static` (the same tokens, in fixed shapes, replayed
+    as CUDA graphs on a GPU), else with `sample_chunk`; by default the static decoder on a GPU and
+    the dynamic one on a CPU, each device's faster path."""
     check_sample_args(prompt_ids, n, max_new_tokens, temperature, eos_token_ids, batch_size)
+    if static is None:
+        static = model_device(model).type == "cuda"
     prompt_of_row = [i for i in range(len(prompt_ids)) for _ in range(n)]
     completions, logprobs, finished = [], [], []
     was_training = model.training
@@ -105,7 +114,7 @@ def sample(model, prompt_ids: list[list[int]], *, n: int = 1, max_new_tokens: in
     bar = tqdm(total=len(prompt_of_row), desc=progress, disable=progress is None)
     start = 0
     try:
-        with streamed_head(model):
+        with streamed_head(model), dequantized_base(model):
             while start < len(prompt_of_row):
                 chunk = prompt_of_row[start:start + batch_size]
                 # An out-of-memory chunk is retried in halves from the same generator state: no row is lost.
@@ -167,6 +176,46 @@ def streamed_head(model):
         yield
     finally:
         del head.forward
+
+
+@contextmanager
+def dequantized_base(model):
+    """While sampling, each 4-bit base layer multiplies by its weight dequantized once, in its
+    compute dtype, instead of dequantizing it again in every decode step.
+
+    For a batch of rows bitsandbytes' forward dequantizes the whole 4-bit weight and multiplies
+    in the compute dtype (its fused kernel serves only a few rows); doing it once per `sample`
+    call gives the same numbers and leaves a decode step one matrix product a layer. It costs the
+    base's weights in the compute dtype for as long as sampling lasts (3 GiB for Qwen2.5-1.5B);
+    where that does not fit, sampling stays on the 4-bit path and says so. The base is frozen,
+    so a copy made at the start of a call is never stale.
+    """
+    bnb = sys.modules.get("bitsandbytes")  # no 4-bit layer exists unless a model loaded it
+    layers = [m for m in model.modules() if bnb is not None and isinstance(m, bnb.nn.Linear4bit)]
+    try:
+        weights = [bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state)
+                   .to(m.compute_dtype or m.weight.quant_state.dtype) for m in layers]
+    except torch.OutOfMemoryError:
+        weights = None  # handled outside the handler, once its traceback's tensors are freed
+    if weights is None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        warnings.warn("sampler: the 4-bit base does not fit in memory dequantized; sampling "
+                      "dequantizes each layer in every step instead (slower)")
+        layers = []
+    for layer, weight in zip(layers, weights or []):
+        layer.forward = types.MethodType(functools.partial(dense_forward, weight=weight), layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+def dense_forward(layer, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A 4-bit layer's forward with its weight already dequantized: what bitsandbytes computes."""
+    bias = None if layer.bias is None else layer.bias.to(weight.dtype)
+    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
 
 def halve_after_oom(batch: int, what: str, flag: str) -> int:
@@ -264,7 +313,8 @@ def sample_chunk_static(model, prompt_ids, prompt_of_row, max_new_tokens, temper
     whole rollout (StaticCache), a batch whose width changes only at a few bucket sizes (a
     finished row rides along until the live rows fit the next bucket), the next token drawn on
     the device, and finishing checked every `check_every` steps instead of every step, so that
-    a decode step has fixed shapes and needs no host sync.
+    a decode step has fixed shapes, needs no host sync, and is replayed as a CUDA graph on a GPU
+    (`DecodeStep`).
 
     The draws are sample_chunk's: it takes one uniform number per decoding row and step, in row
     order, from `generator`. Here the rollout's whole block is drawn up front, each decoding
@@ -277,16 +327,16 @@ def sample_chunk_static(model, prompt_ids, prompt_of_row, max_new_tokens, temper
     width = max(len(prompt_ids[i]) for i in distinct)
     ids, mask = left_pad([prompt_ids[i] for i in distinct], pad_token_id, device)
     cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
-    cache_arg = {cache_kwarg(model): cache}
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
-                **cache_arg, use_cache=True, logits_to_keep=1)
+                **{cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1)
     slot = {prompt: k for k, prompt in enumerate(distinct)}
     row_to_prefill = torch.tensor([slot[i] for i in prompt_of_row], device=device)
     select_rows(cache, row_to_prefill)
     logits, mask = out.logits[:, -1][row_to_prefill], mask[row_to_prefill]
-    # the attention mask of the whole rollout: a column is switched on as its token is fed
-    mask = torch.cat([mask, mask.new_zeros(rows, max_new_tokens)], 1)
     next_position = mask.sum(-1)
+    # the attention mask of the whole rollout: a column is switched on as its token is fed
+    step_forward = DecodeStep(model, cache, torch.cat([mask, mask.new_zeros(rows, max_new_tokens)], 1),
+                              graphs=uses_graphs(device))
 
     state = generator.get_state() if generator is not None else None
     uniforms = None if temperature == 0 else torch.rand(
@@ -322,19 +372,116 @@ def sample_chunk_static(model, prompt_ids, prompt_of_row, max_new_tokens, temper
             if bucket_of(still) < len(live):
                 keep = torch.cat([decoding.nonzero().squeeze(-1), (~decoding).nonzero().squeeze(-1)])
                 keep = keep[:bucket_of(still)].sort().values
-                select_rows(cache, keep)
-                live, token, mask, next_position, decoding = (
-                    live[keep], token[keep], mask[keep], next_position[keep], decoding[keep])
-        mask[:, width + step] = 1
-        out = model(input_ids=token[:, None], attention_mask=mask,
-                    position_ids=next_position[:, None], **cache_arg, use_cache=True)
-        logits = out.logits[:, -1]
+                step_forward.keep(keep)
+                live, token, next_position, decoding = live[keep], token[keep], next_position[keep], decoding[keep]
+        logits = step_forward(token, next_position, column=width + step)
         next_position = next_position + 1
     if uniforms is not None and generator is not None:  # leave the generator as sample_chunk does
         generator.set_state(state)
         torch.rand(int(used), generator=generator, device=generator.device)
 
     return finished_rows(tokens, token_logprobs, lengths, eos_token_ids)
+
+
+def uses_graphs(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+class DecodeStep:
+    """The static decoder's decode forward, over inputs that never move: on a GPU it is captured
+    once per bucket width as a CUDA graph and replayed, so a step costs a few launches instead of
+    the thousands of small kernels an eager forward sends from Python.
+
+    A graph replays its kernels on the addresses it recorded, so every tensor a step reads stays
+    where it is: the token, position and attention buffers are allocated once at the rollout's
+    full width and a bucket uses their first rows; moving to a smaller bucket compacts them, and
+    the KV cache, in place. The attention goes in as a 4D additive mask (0 where a row attends),
+    which transformers uses as given, so no mask is built inside the step. On a CPU the same step
+    runs eagerly over the same buffers (what the tests pin). A graph's first replay is checked
+    against an eager forward of the same inputs; a capture that fails or disagrees leaves the
+    rollout eager, with a warning.
+    """
+
+    def __init__(self, model, cache: StaticCache, mask: torch.Tensor, graphs: bool):
+        self.model, self.cache, self.cache_arg = model, cache, cache_kwarg(model)
+        self.width = len(mask)  # rows in the current bucket
+        dtype = model.get_input_embeddings().weight.dtype
+        self.token = mask.new_zeros(len(mask), 1)
+        self.position = mask.new_zeros(len(mask), 1)
+        self.bias = torch.zeros((*mask.shape[:1], 1, 1, mask.shape[1]), dtype=dtype, device=mask.device)
+        self.bias.masked_fill_(mask[:, None, None, :] == 0, torch.finfo(dtype).min)
+        self.full_cache = [(layer.keys, layer.values) for layer in cache.layers]
+        self.graphs = {} if graphs else None  # bucket width -> replay()
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep these batch rows, in this order, as the first len(rows) rows of every buffer."""
+        k, w = len(rows), self.width
+        for buffer in (self.token, self.position, self.bias):
+            buffer[:k] = buffer[:w][rows]
+        for layer, (keys, values) in zip(self.cache.layers, self.full_cache):
+            keys[:k], values[:k] = keys[:w][rows], values[:w][rows]
+            layer.keys, layer.values, layer.batch_size = keys[:k], values[:k], k
+        self.width = k
+
+    def __call__(self, token: torch.Tensor, position: torch.Tensor, column: int) -> torch.Tensor:
+        """The next logits [width, V] of rows fed `token` at `position`, cache column `column`."""
+        w = self.width
+        self.token[:w, 0] = token
+        self.position[:w, 0] = position
+        self.bias[:w, 0, 0, column] = 0
+        if self.graphs is None:
+            return self.forward()
+        if w not in self.graphs:
+            return self.capture()
+        return self.graphs[w]()
+
+    def forward(self) -> torch.Tensor:
+        w = self.width
+        out = self.model(input_ids=self.token[:w], attention_mask=self.bias[:w],
+                         position_ids=self.position[:w], **{self.cache_arg: self.cache}, use_cache=True)
+        return out.logits[:, -1]
+
+    def capture(self) -> torch.Tensor:
+        """This step run eagerly (which also warms up what a capture cannot set up), then
+        captured at this bucket's width and replayed; the eager logits if the two disagree."""
+        layers = [layer for layer in self.cache.layers if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor)]
+        before = [layer.cumulative_length.clone() for layer in layers]
+        eager = self.forward().clone()
+        after = [layer.cumulative_length.clone() for layer in layers]
+        for layer, length in zip(layers, before):  # the replay writes this step's keys again, at the same place
+            layer.cumulative_length.copy_(length)
+        try:
+            replay = cuda_graph(self.forward)
+            replayed = replay()
+        except RuntimeError as err:  # not out of memory: that halves the batch, in `sample`
+            if isinstance(err, torch.OutOfMemoryError):
+                raise
+            problem = f"capturing it failed ({str(err).splitlines()[0][:200]})"
+        else:
+            gap = (replayed.float() - eager.float()).abs().max().item()
+            if gap <= 0.05 * eager.float().abs().max().item():
+                self.graphs[self.width] = replay
+                return replayed
+            problem = f"its replay's logits differ from the eager forward's by up to {gap:.3g}"
+        for layer, length in zip(layers, after):
+            layer.cumulative_length.copy_(length)
+        warnings.warn(f"sampler: a decode step of {self.width} rows as a CUDA graph: {problem}; "
+                      "this rollout decodes eagerly")
+        self.graphs = None
+        return eager
+
+
+def cuda_graph(forward):
+    """`forward` captured as a CUDA graph; returns a function that replays it and gives its output
+    (the same tensor each time, overwritten by each replay)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = forward()
+
+    def replay():
+        graph.replay()
+        return out
+    return replay
 
 
 def select_rows(cache: StaticCache, rows: torch.Tensor) -> None:

@@ -41,8 +41,8 @@ import torch  # noqa: E402
 
 import gpu_check  # noqa: E402
 
-MEASURED = ("peak, student training step", "peak, sampling", "decode tok/s, sampler",
-            "decode tok/s, model.generate", "outer step, projected")
+MEASURED = ("peak, student training step, ", "peak, sampling (after)", "decode tok/s, eager decoder",
+            "decode tok/s, static decoder, CUDA graphs", "outer step, projected")
 
 
 def test_gpu_check_dry_run_prints_every_row_and_writes_them_to_json(capsys, tmp_path, lm_dir):
@@ -56,8 +56,14 @@ def test_gpu_check_dry_run_prints_every_row_and_writes_them_to_json(capsys, tmp_
     assert [r for r in report["rows"] if r["status"] != "ok"] == []
     for preset in ("small", "paper"):
         for what in MEASURED:
-            assert (preset, what) in rows
-    assert rows[("small", "decode tok/s, sampler")]["values"]["bound_tokens_per_s"] > 0
+            assert any(p == preset and w.startswith(what) for p, w in rows), (preset, what)
+        summary = report["summary"]["presets"][preset]
+        assert summary["decode_tok_s"]["eager"] > 0 and summary["decode_tok_s"]["fast"] > 0
+        assert summary["train_tok_s"]["before"] > 0
+        if report["weights"] != "bf16":  # 4-bit before, bf16 after
+            assert summary["train_tok_s"]["after"] > 0
+    decode = [r for (p, w), r in rows.items() if p == "small" and w.startswith("decode tok/s")]
+    assert all(r["values"]["bound_tokens_per_s"] > 0 and r["values"]["launches"] > 0 for r in decode)
     assert rows[("tiny world", "outer step, tiny preset")]["values"]["seconds"] > 0
     assert "DRY RUN" in out
     for part, what in rows:  # every row is in the printed table

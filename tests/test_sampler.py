@@ -1,5 +1,6 @@
 """Pins the sampler: greedy equals `generate`, sampled log-probs equal the training forward's,
 grouping, EOS, seeding and length limits, on tiny random Llama and Qwen2 models and under LoRA."""
+import contextlib
 import copy
 
 import pytest
@@ -441,8 +442,8 @@ def test_the_static_decoder_gives_the_dynamic_one_s_tokens_draws_and_generator_s
     rows finish inside a bucket, and both roles decode exactly as the dynamic decoder does."""
     from models import activate
     model, tok, prompts = tiny_lora
-    widths, real_select = [], sampler.select_rows
-    monkeypatch.setattr(sampler, "select_rows", lambda cache, rows: widths.append(len(rows)) or real_select(cache, rows))
+    widths, real_keep = [], sampler.DecodeStep.keep
+    monkeypatch.setattr(sampler.DecodeStep, "keep", lambda step, rows: widths.append(len(rows)) or real_keep(step, rows))
     for role in ("student", "teacher"):
         activate(model, role)
         (dyn, dyn_next), (static, static_next) = both_decoders(model, tok, prompts, temperature, n=8,
@@ -453,7 +454,7 @@ def test_the_static_decoder_gives_the_dynamic_one_s_tokens_draws_and_generator_s
         assert torch.equal(static_next, dyn_next)  # the generator is left where the dynamic one leaves it
         lengths = sorted(map(len, dyn.completion_ids))
         assert lengths[0] < lengths[-1] and any(dyn.finished)  # rows end at different steps
-    assert widths[0] == 40 and any(w < 40 for w in widths[1:])  # the prefill's copy, then a bucket shrink
+    assert widths and all(w < 40 for w in widths)  # 40 rows decoded, then fewer
 
 
 def test_the_static_decoder_sees_an_adapter_updated_between_two_calls(tiny_lora):
@@ -465,6 +466,49 @@ def test_the_static_decoder_sees_an_adapter_updated_between_two_calls(tiny_lora)
     with adapter_weights(model, "student", moved):
         (dyn, _), (static, _) = both_decoders(model, tok, prompts, 1.0, n=2)
     assert static.completion_ids == dyn.completion_ids != before.completion_ids
+
+
+def graphs_faked(monkeypatch, replay_error=0.0, capture_error=None):
+    """The static decoder's CUDA-graph path on a CPU: a "capture" runs nothing (as a real one
+    runs no kernel) and a "replay" runs the step eagerly again; the captures made are listed."""
+    captured = []
+
+    def fake_cuda_graph(forward):
+        if capture_error:
+            raise RuntimeError(capture_error)
+        captured.append(True)
+        return lambda: forward() + replay_error
+    monkeypatch.setattr(sampler, "uses_graphs", lambda device: True)
+    monkeypatch.setattr(sampler, "cuda_graph", fake_cuda_graph)
+    return captured
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_decode_steps_replayed_from_a_graph_per_bucket_give_the_dynamic_decoder_s_rollouts(
+        tiny_lora, temperature, monkeypatch):
+    """The capture's eager warm-up writes the step's keys once and is rewound, so the replay
+    that follows decodes from the same cache; one graph per bucket width serves every step."""
+    model, tok, prompts = tiny_lora
+    captured = graphs_faked(monkeypatch)
+    (dyn, dyn_next), (static, static_next) = both_decoders(model, tok, prompts, temperature, n=8,
+                                                           batch_size=64)
+    assert static.completion_ids == dyn.completion_ids and torch.equal(static_next, dyn_next)
+    for a, b in zip(static.logprobs, dyn.logprobs):
+        assert torch.allclose(a, b, atol=1e-4)
+    assert 2 <= len(captured) < 32  # 40 rows, then smaller buckets: far fewer captures than steps
+
+
+@pytest.mark.parametrize("fault", ["replay", "capture"])
+def test_a_graph_that_fails_or_disagrees_with_the_eager_step_leaves_the_rollout_eager(
+        tiny_lora, fault, monkeypatch):
+    model, tok, prompts = tiny_lora
+    if fault == "replay":
+        graphs_faked(monkeypatch, replay_error=100.0)
+    else:
+        graphs_faked(monkeypatch, capture_error="operation not permitted when stream is capturing")
+    with pytest.warns(UserWarning, match="as a CUDA graph: .*this rollout decodes eagerly"):
+        (dyn, _), (static, _) = both_decoders(model, tok, prompts, 1.0, n=4)
+    assert static.completion_ids == dyn.completion_ids
 
 
 @pytest.mark.slow
@@ -510,3 +554,49 @@ def test_the_lora_weights_keep_their_storage_through_loads_updates_and_role_swit
         assert stats["skipped"] == 0
     load_adapter_state(model, "teacher", adapter_state(model, "teacher"))
     assert lora() == before
+
+
+# ---- a 4-bit base samples from weights dequantized once ---------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_4bit(lm_dir):
+    from models import load_model
+    from student import student_message
+    model, tok = load_model(str(lm_dir), "4bit", lora_rank=4, lora_alpha=8)
+    prompts = [sampler.encode_prompt(tok, student_message(f"Quickly, compute {a}+{b}."), False)
+               for a, b in ((1, 2), (123, 45), (98765, 4321))]
+    return model, tok, prompts
+
+
+def sample_seeded(model, tok, prompts, n):
+    return sampler.sample(model, prompts, n=n, max_new_tokens=32, temperature=1.0,
+                          generator=torch.Generator().manual_seed(11), eos_token_ids=sampler.eos_ids(tok, model),
+                          pad_token_id=tok.pad_token_id)
+
+
+def test_a_4bit_base_samples_the_same_from_weights_dequantized_once(tiny_4bit, monkeypatch):
+    import bitsandbytes as bnb
+    model, tok, prompts = tiny_4bit
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    dequantizations = []
+    real = bnb.functional.dequantize_4bit
+    monkeypatch.setattr(bnb.functional, "dequantize_4bit",
+                        lambda *a, **k: dequantizations.append(1) or real(*a, **k))
+    once = sample_seeded(model, tok, prompts, 4)
+    assert len(dequantizations) == len(layers) > 0  # once per layer for the whole call
+    assert all("forward" not in vars(m) for m in layers)  # the 4-bit forward is back after sampling
+    monkeypatch.setattr(sampler, "dequantized_base", lambda model: contextlib.nullcontext())
+    every_step = sample_seeded(model, tok, prompts, 4)
+    assert once.completion_ids == every_step.completion_ids
+    for a, b in zip(once.logprobs, every_step.logprobs):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_a_4bit_base_too_large_to_dequantize_samples_on_the_4bit_path(tiny_4bit, monkeypatch):
+    import bitsandbytes as bnb
+    model, tok, prompts = tiny_4bit
+    monkeypatch.setattr(bnb.functional, "dequantize_4bit",
+                        lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("injected")))
+    with pytest.warns(UserWarning, match="does not fit in memory dequantized"):
+        r = sample_seeded(model, tok, prompts, 2)
+    assert len(r.completion_ids) == 6
