@@ -2,7 +2,7 @@
 
     python report.py RUN_DIR                   # plots and report.md (and summary.json's table)
     python report.py --pool OUT RUN_DIR ...    # runs of the same flags at other seeds, as one
-    python report.py --paired TEST CONTROL     # a run against its control, seed by seed
+    python report.py --paired TEST CONTROL     # a run against its control, seed by seed, and a plot
 
 The statistics and plots themselves live in summary.py, which train.py also calls at the end of
 a run.
@@ -11,13 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-from summary import paired_with_control, print_summary, summarize, write_report
+from summary import paired_with_control, print_summary, summarize, write_against_control, write_report
 
 USAGE = ("usage: python report.py RUN_DIR\n"
          "       python report.py --pool OUT RUN_DIR...   (runs of the same flags at other seeds: "
          "their summary over all seeds, in OUT/summary.json)\n"
          "       python report.py --paired TEST CONTROL   (a run against its control at the same "
-         "seeds, in TEST/paired_with_CONTROL.json)")
+         "seeds, in TEST/paired_with_CONTROL.json and TEST/against_CONTROL.png)")
 
 
 def pool(out: Path, run_dirs: list[Path]) -> Path:
@@ -28,7 +28,7 @@ def pool(out: Path, run_dirs: list[Path]) -> Path:
     return out / "summary.json"
 
 
-def paired(test: Path, control: Path) -> Path:
+def paired(test: Path, control: Path) -> tuple[Path, Path]:
     """Test minus control per seed: SOAR's teacher's trends and Grounded-T's pass@k."""
     result = paired_with_control(test, control)
     print(f"{test} - {control}, paired by seed {result['seeds']}: mean [95% t interval] (seeds test > control)")
@@ -38,7 +38,7 @@ def paired(test: Path, control: Path) -> Path:
         print(f"  {name:34s} {row['mean']:+.4f} [{low:+.4f}, {high:+.4f}] ({row['wins']}/{row['n_seeds']})")
     out = test / f"paired_with_{control.name}.json"
     out.write_text(json.dumps(result, indent=1))
-    return out
+    return out, write_against_control(test, control)
 
 
 def main(args: list[str]) -> None:
@@ -47,7 +47,7 @@ def main(args: list[str]) -> None:
         sys.exit(USAGE)
     try:
         if args[0] == "--paired":
-            written = [paired(Path(args[1]), Path(args[2]))]
+            written = paired(Path(args[1]), Path(args[2]))
         else:
             written = (write_report(Path(args[0])) if len(args) == 1
                        else [pool(Path(args[1]), [Path(a) for a in args[2:]])])

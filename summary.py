@@ -429,6 +429,33 @@ def plot_teacher_learning(runs, summary):
     return fig
 
 
+def plot_against_control(test_dir: Path, control_dir: Path):
+    """The SOAR teacher's graded shares per outer step in a run and in its control (e.g. the
+    same teacher on shuffled rewards), each seed faint and their mean bold."""
+    test, control = (load_metrics(Path(d)).get("soar", {}) for d in (test_dir, control_dir))
+    logged = [r for rows in test.values() for r in rows]
+    group = "policy_quality" if any("policy_quality" in r for r in logged) else "quality"
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
+    for ax, (measure, ylabel) in zip(axes, (("stepping_stone", "stepping-stone share"),
+                                            ("quick", '"quickly" share'))):
+        for runs, color, name in ((test, COLORS["soar"], f"SOAR teacher, {Path(test_dir).name}"),
+                                  (control, "0.4", f"its control, {Path(control_dir).name}")):
+            plot_seeds_and_mean(ax, [series(rows, group, measure) for rows in runs.values()], color, name)
+        ax.set(title=f"Teacher questions: {ylabel}", ylabel=ylabel)
+        step_axis(ax, "outer step")
+        ax.legend(loc="best")
+    return fig
+
+
+def write_against_control(test_dir: Path, control_dir: Path) -> Path:
+    out = Path(test_dir) / f"against_{Path(control_dir).name}.png"
+    with plt.rc_context(STYLE):
+        fig = plot_against_control(test_dir, control_dir)
+        fig.savefig(out)
+        plt.close(fig)
+    return out
+
+
 def plot_pass_at_k(summary):
     table = (summary or {}).get("pass_at_k") or {}
     if not table:

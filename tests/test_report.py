@@ -226,3 +226,15 @@ def test_two_runs_are_the_same_run_when_only_their_times_differ(tmp_path):
     assert differences(tmp_path / "a", tmp_path / "c", TIMES) == ["differs: seed0/soar/metrics.jsonl"]
     (tmp_path / "c" / "extra.json").write_text("{}")
     assert f"only in {tmp_path / 'c'}: extra.json" in differences(tmp_path / "a", tmp_path / "c", TIMES)
+
+
+def test_the_cli_writes_a_run_against_its_control_and_plots_both_teachers(tmp_path):
+    test = make_seeds(tmp_path / "test", 5, [0.004, 0.001, 0.006])
+    control = make_seeds(tmp_path / "control", 5, [0.001, 0.002, 0.001])
+    result = subprocess.run([sys.executable, str(ROOT / "report.py"), "--paired", str(test), str(control)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "policy stepping_stone" in result.stdout and "(2/3)" in result.stdout
+    written = json.loads((test / "paired_with_control.json").read_text())
+    assert written["seeds"] == [5, 6, 7]
+    assert (test / "against_control.png").stat().st_size > 10_000
