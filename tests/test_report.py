@@ -129,7 +129,7 @@ def test_cli_exits_nonzero_with_one_line_for_a_non_run_dir(tmp_path):
     assert result.stderr.strip() == f"report: {tmp_path}/config.json not found: not a run directory"
 
 
-@pytest.mark.parametrize("name", ["kl_s11", "kl_shuffled_s11"])
+@pytest.mark.parametrize("name", ["kl_s11", "kl_shuffled_s11", "replication"])
 def test_the_committed_teacher_learns_runs_hold_what_a_reader_needs_to_check_them(name):
     """docs/runs/*: the flags that made it, on at most 2 processes, every seed's teacher log
     complete and every fresh student's result, so that its whole summary can be recomputed and
@@ -138,7 +138,8 @@ def test_the_committed_teacher_learns_runs_hold_what_a_reader_needs_to_check_the
     summary = json.loads((run / "summary.json").read_text())
     config = json.loads((run / "config.json").read_text())
     assert summary["run"]["processes"] <= 2 and summary["run"]["wall_seconds"] > 0
-    assert summary["run"]["cpus"] >= 1 and "--outer-steps" in summary["run"]["argv"]
+    argv = summary["run"]["argv"]  # the flags, or a resume that took them from config.json
+    assert summary["run"]["cpus"] >= 1 and ("--outer-steps" in argv or argv[:1] == ["--resume"])
     seeds = range(config["seed"], config["seed"] + config["seeds"])
     assert len(seeds) >= 3
     for seed in seeds:
