@@ -129,7 +129,7 @@ def test_cli_exits_nonzero_with_one_line_for_a_non_run_dir(tmp_path):
     assert result.stderr.strip() == f"report: {tmp_path}/config.json not found: not a run directory"
 
 
-@pytest.mark.parametrize("name", ["kl_s11", "kl_shuffled_s11", "replication"])
+@pytest.mark.parametrize("name", ["kl_s11", "kl_shuffled_s11", "replication", "replication_control"])
 def test_the_committed_teacher_learns_runs_hold_what_a_reader_needs_to_check_them(name):
     """docs/runs/*: the flags that made it, on at most 2 processes, every seed's teacher log
     complete and every fresh student's result, so that its whole summary can be recomputed and
