@@ -447,12 +447,16 @@ def train_part(check: Check, preset: str) -> None:
         free_memory(check.device)
 
 
+def profiled(device: torch.device) -> list:
+    """What torch.profiler records: the host, and the GPU's kernels where there is one."""
+    return [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+
 def profile(fn, device: torch.device, top: int = 5) -> str:
     """One call of fn under torch.profiler: its `top` operators by their own time on the device
     (on a CPU, by their own CPU time), each with its share, and how many kernels it launched."""
-    activities = [torch.profiler.ProfilerActivity.CPU] + (
-        [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch.profiler.profile(activities=activities) as prof:
+    with torch.profiler.profile(activities=profiled(device)) as prof:
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -483,10 +487,8 @@ def path_before():
 def step_profile(fn, device: torch.device, steps: int = 8) -> dict:
     """Per decode step of a `steps`-step rollout (its prefill included, a ninth): kernels
     launched on the GPU (operators run, on a CPU), host time, and the GPU's busy time."""
-    activities = [torch.profiler.ProfilerActivity.CPU] + (
-        [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
     fn(steps + 1)  # warm-up: a fast path captures its graphs here
-    with torch.profiler.profile(activities=activities) as prof:
+    with torch.profiler.profile(activities=profiled(device)) as prof:
         start = time.perf_counter()
         fn(steps + 1)
         if device.type == "cuda":
